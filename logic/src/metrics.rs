@@ -1,0 +1,66 @@
+//! The logic tier's Prometheus metrics (names are a contract: see architecture.md).
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, IntCounter, IntCounterVec, exponential_buckets, register_histogram,
+    register_int_counter, register_int_counter_vec,
+};
+
+// Registration fails only on a duplicate name, a start-up invariant.
+pub static MESSAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "im_logic_messages_total",
+        "Messages stored, by kind (c2c, c2g, s2c, c2s, receipt)",
+        &["kind"]
+    )
+    .expect("register im_logic_messages_total")
+});
+
+pub static STORE_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "im_logic_store_latency_seconds",
+        "Time to commit one message batch",
+        exponential_buckets(0.0002, 2.0, 16).expect("buckets")
+    )
+    .expect("register im_logic_store_latency_seconds")
+});
+
+pub static STORE_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "im_logic_store_batch_messages",
+        "Messages per committed batch (group commit)",
+        exponential_buckets(1.0, 2.0, 12).expect("buckets")
+    )
+    .expect("register im_logic_store_batch_messages")
+});
+
+pub static FANOUT: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "im_logic_fanout_recipients",
+        "Inbox entries written per stored message",
+        exponential_buckets(1.0, 2.0, 16).expect("buckets")
+    )
+    .expect("register im_logic_fanout_recipients")
+});
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "im_logic_requests_total",
+        "Requests handled, by api and result code",
+        &["api", "code"]
+    )
+    .expect("register im_logic_requests_total")
+});
+
+pub static PUSH_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "im_logic_push_failures_total",
+        "Push batches a gateway did not accept (the messages wait in the inbox)"
+    )
+    .expect("register im_logic_push_failures_total")
+});
+
+/// Counts one request.
+pub fn request(api: &str, code: &str) {
+    REQUESTS.with_label_values(&[api, code]).inc();
+}

@@ -1,0 +1,309 @@
+//! Messages and inboxes: the group-commit batch and paged pulls. One batch is
+//! one transaction; nothing here is acknowledged before its commit returns.
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use im_common::api::ApiError;
+use im_proto::client::{ConversationType, ErrorCode, Message};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::sql::{self, MAX_ROWS_PER_INSERT};
+use super::{Store, StoreError};
+
+/// A message to store, with every user (other than the sender) whose inbox gets it.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub sender: i64,
+    pub client_msg_id: String,
+    pub conv_type: ConversationType,
+    pub target: i64,
+    pub content_type: u32,
+    pub body: bytes::Bytes,
+    pub recipients: Vec<i64>,
+}
+
+/// The acknowledgement of one stored message (receipt SENT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub msg_id: i64,
+    pub sender_seq: u64,
+    pub sent_at_ms: u64,
+    pub duplicate: bool,
+}
+
+pub type SendResult = Result<Stored, ApiError>;
+
+/// One inbox entry to push: `message.seq` is in `user`'s own sequence.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub user: i64,
+    /// Index of the batch item this delivery came from.
+    pub item: usize,
+    pub message: Message,
+}
+
+#[derive(Debug, Default)]
+pub struct BatchOutcome {
+    /// One result per input item, in input order.
+    pub results: Vec<SendResult>,
+    /// Inbox entries written by this batch, in commit order.
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Store {
+    /// Stores a batch of messages in one transaction: idempotent on
+    /// (sender, client_msg_id), one inbox entry per recipient user with a
+    /// freshly allocated per-user sequence.
+    pub async fn commit_batch(
+        &self,
+        items: &[NewMessage],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut results: Vec<Option<SendResult>> = vec![None; items.len()];
+        let mut tx = self.pool.begin().await?;
+
+        // 1. Unknown recipients are refused before anything is written.
+        let wanted: Vec<i64> = items
+            .iter()
+            .flat_map(|m| m.recipients.iter().copied())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut known: HashSet<i64> = HashSet::new();
+        for chunk in wanted.chunks(MAX_ROWS_PER_INSERT) {
+            let q = format!(
+                "SELECT user_id FROM user_seq WHERE user_id IN ({})",
+                sql::list(chunk.len(), 1)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for u in chunk {
+                query = query.bind(*u);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                known.insert(row.try_get::<i64, _>(0)?);
+            }
+        }
+
+        // 2. One candidate per (sender, client_msg_id); later copies follow the first.
+        let mut first: HashMap<(i64, &str), usize> = HashMap::new();
+        let mut follows: Vec<(usize, usize)> = Vec::new();
+        let mut candidates: Vec<usize> = Vec::new();
+        for (i, m) in items.iter().enumerate() {
+            if let Some(r) = m.recipients.iter().find(|r| !known.contains(r)) {
+                results[i] = Some(Err(ApiError::new(
+                    ErrorCode::UnknownUser,
+                    format!("unknown user {r}"),
+                )));
+                continue;
+            }
+            match first.get(&(m.sender, m.client_msg_id.as_str())) {
+                Some(&j) => follows.push((i, j)),
+                None => {
+                    first.insert((m.sender, m.client_msg_id.as_str()), i);
+                    candidates.push(i);
+                }
+            }
+        }
+
+        // 3. Insert; a conflict means the message was stored before.
+        let mut inserted: HashMap<(i64, String), i64> = HashMap::new();
+        for chunk in candidates.chunks(MAX_ROWS_PER_INSERT) {
+            let q = format!(
+                "INSERT INTO messages (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
+                 VALUES {} ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id, sender, client_msg_id",
+                sql::values(chunk.len(), 7)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for &i in chunk {
+                let m = &items[i];
+                query = query
+                    .bind(m.sender)
+                    .bind(m.client_msg_id.as_str())
+                    .bind(m.conv_type as i64)
+                    .bind(m.target)
+                    .bind(i64::from(m.content_type))
+                    .bind(m.body.to_vec())
+                    .bind(now_ms as i64);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                inserted.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+            }
+        }
+
+        // 4. Allocate sequences: per user, in batch order, users locked in id order.
+        let mut new_items: Vec<(usize, i64)> = Vec::new();
+        let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
+        for &i in &candidates {
+            let m = &items[i];
+            match inserted.get(&(m.sender, m.client_msg_id.clone())) {
+                Some(&id) => {
+                    new_items.push((i, id));
+                    for u in inbox_users(m) {
+                        *counts.entry(u).or_default() += 1;
+                    }
+                }
+                None => {
+                    results[i] = Some(self.original_ack(&mut tx, m).await?);
+                }
+            }
+        }
+        let mut next_seq: HashMap<i64, u64> = HashMap::new();
+        for (user, n) in &counts {
+            let row = sqlx::query("UPDATE user_seq SET seq = seq + $1 WHERE user_id = $2 RETURNING seq")
+                .bind(*n)
+                .bind(*user)
+                .fetch_one(&mut *tx)
+                .await?;
+            let end: i64 = row.try_get(0)?;
+            next_seq.insert(*user, (end - n + 1) as u64);
+        }
+
+        // 5. Inbox rows.
+        let mut deliveries = Vec::new();
+        for (i, msg_id) in &new_items {
+            let m = &items[*i];
+            let mut sender_seq = 0;
+            for user in inbox_users(m) {
+                let seq = next_seq.get_mut(&user).map(|s| {
+                    let v = *s;
+                    *s += 1;
+                    v
+                });
+                let seq = seq.unwrap_or_default();
+                if user == m.sender {
+                    sender_seq = seq;
+                }
+                deliveries.push(Delivery {
+                    user,
+                    item: *i,
+                    message: Message {
+                        msg_id: *msg_id,
+                        seq,
+                        conv_type: m.conv_type as i32,
+                        from: m.sender,
+                        to: m.target,
+                        client_msg_id: m.client_msg_id.clone(),
+                        content_type: m.content_type,
+                        body: m.body.clone(),
+                        sent_at_ms: now_ms,
+                    },
+                });
+            }
+            results[*i] = Some(Ok(Stored {
+                msg_id: *msg_id,
+                sender_seq,
+                sent_at_ms: now_ms,
+                duplicate: false,
+            }));
+        }
+        for chunk in deliveries.chunks(MAX_ROWS_PER_INSERT) {
+            let q = format!(
+                "INSERT INTO inbox (user_id, seq, msg_id) VALUES {}",
+                sql::values(chunk.len(), 3)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for d in chunk {
+                query = query
+                    .bind(d.user)
+                    .bind(d.message.seq as i64)
+                    .bind(d.message.msg_id);
+            }
+            query.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+
+        for (i, j) in follows {
+            results[i] = results[j].clone().map(|r| {
+                r.map(|s| Stored {
+                    duplicate: true,
+                    ..s
+                })
+            });
+        }
+        let results = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "message lost in batch"))))
+            .collect();
+        Ok(BatchOutcome {
+            results,
+            deliveries,
+        })
+    }
+
+    /// The acknowledgement first given for an already stored message.
+    async fn original_ack(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        m: &NewMessage,
+    ) -> Result<SendResult, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.id, i.seq, m.sent_at_ms FROM messages m \
+             JOIN inbox i ON i.user_id = m.sender AND i.msg_id = m.id \
+             WHERE m.sender = $1 AND m.client_msg_id = $2",
+        )
+        .bind(m.sender)
+        .bind(m.client_msg_id.as_str())
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(match row {
+            Some(r) => Ok(Stored {
+                msg_id: r.try_get(0)?,
+                sender_seq: r.try_get::<i64, _>(1)? as u64,
+                sent_at_ms: r.try_get::<i64, _>(2)? as u64,
+                duplicate: true,
+            }),
+            // Stored by a transaction that has not committed yet: ask the client to retry.
+            None => Err(ApiError::unavailable("message is being stored; retry")),
+        })
+    }
+
+    /// Up to `limit` inbox entries after `after_seq`, ascending, and whether more follow.
+    pub async fn pull(
+        &self,
+        user: i64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let rows = sqlx::query(
+            "SELECT i.seq, m.id, m.sender, m.conv_type, m.target, m.client_msg_id, m.content_type, m.body, m.sent_at_ms \
+             FROM inbox i JOIN messages m ON m.id = i.msg_id \
+             WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+        )
+        .bind(user)
+        .bind(after_seq as i64)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() > limit as usize;
+        let messages = rows
+            .iter()
+            .take(limit as usize)
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((messages, has_more))
+    }
+}
+
+/// The sender first, then each distinct recipient.
+fn inbox_users(m: &NewMessage) -> impl Iterator<Item = i64> + '_ {
+    std::iter::once(m.sender).chain(
+        m.recipients
+            .iter()
+            .copied()
+            .filter(move |r| *r != m.sender),
+    )
+}
+
+fn message_from_row(r: &AnyRow) -> Result<Message, sqlx::Error> {
+    Ok(Message {
+        seq: r.try_get::<i64, _>(0)? as u64,
+        msg_id: r.try_get(1)?,
+        from: r.try_get(2)?,
+        conv_type: r.try_get::<i64, _>(3)? as i32,
+        to: r.try_get(4)?,
+        client_msg_id: r.try_get(5)?,
+        content_type: r.try_get::<i64, _>(6)? as u32,
+        body: r.try_get::<Vec<u8>, _>(7)?.into(),
+        sent_at_ms: r.try_get::<i64, _>(8)? as u64,
+    })
+}

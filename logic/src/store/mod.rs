@@ -1,0 +1,221 @@
+//! Storage through sqlx on Postgres (cluster) or SQLite (single node), one set
+//! of queries for both; it stores and reads, and decides nothing about routing.
+//!
+//! Queries use `$N` placeholders, which both backends accept, through sqlx's
+//! `Any` driver; migrations live in `migrations/{postgres,sqlite}`.
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::{Any, AnyPool, Executor, Row};
+
+pub mod messages;
+mod sql;
+
+pub use messages::{BatchOutcome, Delivery, NewMessage, SendResult, Stored};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unsupported database url (expected postgres:// or sqlite:)")]
+    UnsupportedUrl,
+    #[error("username is taken")]
+    UsernameTaken,
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("failed to run migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A pool plus which backend it talks to.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A user row as login needs it.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub id: i64,
+    pub username: String,
+    pub password_hash: String,
+}
+
+impl Store {
+    /// Connects (creating the database or SQLite file when missing).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        install_default_drivers();
+        let backend = backend_of(url)?;
+        if !Any::database_exists(url).await.unwrap_or(false) {
+            Any::create_database(url).await?;
+        }
+        let mut options = AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5));
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    // WAL lets readers run beside the one writer; FULL makes every
+                    // acknowledged commit survive a crash of the process or machine.
+                    conn.execute(
+                        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                         PRAGMA busy_timeout=10000; PRAGMA foreign_keys=ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await?,
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO users (username, password_hash, created_at_ms) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(username)
+        .bind(password_hash)
+        .bind(now_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match e.as_database_error() {
+            Some(d) if d.is_unique_violation() => StoreError::UsernameTaken,
+            _ => StoreError::Db(e),
+        })?;
+        let id: i64 = row.try_get(0)?;
+        sqlx::query("INSERT INTO user_seq (user_id, seq) VALUES ($1, 0)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, username, password_hash FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(UserRecord {
+                id: r.try_get(0)?,
+                username: r.try_get(1)?,
+                password_hash: r.try_get(2)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn username_of(&self, id: i64) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT username FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub async fn revoke_token(&self, jti: &str, expires_at_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO revoked_tokens (jti, expires_at_ms) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn is_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM revoked_tokens WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    /// Highest sequence in a user's inbox (0 for a new or unknown user).
+    pub async fn max_seq(&self, user: i64) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT seq FROM user_seq WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0) as u64)
+    }
+
+    /// Records the highest sequence a device acknowledged (never moves back).
+    pub async fn save_cursors(&self, cursors: &[(i64, i64, i64)], now_ms: i64) -> Result<(), StoreError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for chunk in cursors.chunks(sql::MAX_ROWS_PER_INSERT) {
+            let query = format!(
+                "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) VALUES {} \
+                 ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
+                 updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
+                sql::values(chunk.len(), 4)
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(query));
+            for (user, device, seq) in chunk {
+                q = q.bind(*user).bind(*device).bind(*seq).bind(now_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn cursor(&self, user: i64, device: i64) -> Result<u64, StoreError> {
+        let row = sqlx::query("SELECT acked_seq FROM device_cursors WHERE user_id = $1 AND device = $2")
+            .bind(user)
+            .bind(device)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i64, _>(0))
+            .transpose()?
+            .unwrap_or(0) as u64)
+    }
+}
+
+fn backend_of(url: &str) -> Result<Backend, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else {
+        Err(StoreError::UnsupportedUrl)
+    }
+}

@@ -1,0 +1,11 @@
+//! im-operator: reconciles `ImCluster` resources into gateway and logic workloads and
+//! scales them from Prometheus metrics.
+//!
+//! - [`names`]: object names and labels.
+//! - [`build`]: pure builders, ImCluster + replica counts -> Deployments, Services,
+//!   ConfigMaps, PodDisruptionBudgets, ServiceAccount.
+#![forbid(unsafe_code)]
+
+pub mod build;
+pub mod dump;
+pub mod names;

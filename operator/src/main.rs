@@ -1,0 +1,3 @@
+//! The `im-operator` binary (wired up in a later step).
+
+fn main() {}

@@ -1,0 +1,46 @@
+//! The wire protocol shared by clients, gateways and the logic tier.
+//!
+//! - [`frame`]: the fixed 16-byte header, [`Frame`], the command codes and the
+//!   tokio-util codec that enforces the maximum body size before reading a body.
+//! - [`client`]: protobuf bodies of client frames (`proto/client.proto`).
+//! - [`logic`]: gRPC services and messages between gateways and logic
+//!   (`proto/logic.proto`).
+//!
+//! Data flows: bytes → [`FrameCodec`] → [`Frame`] → `prost::Message::decode` of
+//! the body named by the command, and back the same way.
+#![forbid(unsafe_code)]
+
+pub mod frame;
+
+/// Generated code, nested like the protobuf packages so cross-package paths resolve.
+#[allow(clippy::all, missing_docs)]
+mod pb {
+    pub mod im {
+        pub mod client {
+            pub mod v1 {
+                tonic::include_proto!("im.client.v1");
+            }
+        }
+        pub mod logic {
+            pub mod v1 {
+                tonic::include_proto!("im.logic.v1");
+            }
+        }
+    }
+}
+
+/// Client <-> gateway frame bodies.
+pub use pb::im::client::v1 as client;
+/// Gateway <-> logic gRPC.
+pub use pb::im::logic::v1 as logic;
+
+pub use frame::{Command, Flags, Frame, FrameCodec, FrameError, HEADER_LEN, MAGIC, VERSION};
+pub use prost;
+
+/// Current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
