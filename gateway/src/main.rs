@@ -1,1 +1,112 @@
-fn main() {}
+//! `im-gateway`: the connection tier in cluster mode.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use im_common::admin::{Readiness, admin_router};
+use im_common::route::RedisRouteTable;
+use im_common::shutdown::{CancellationToken, wait_for_signal};
+use im_gateway::cli::GatewayArgs;
+use im_gateway::grpc::{GatewayGrpc, GrpcLogic};
+use im_gateway::{Gateway, tcp, ws};
+use im_proto::logic::gateway_server::GatewayServer;
+
+#[derive(Debug, Parser)]
+#[command(name = "im-gateway", version, about = "IM gateway (cluster mode)")]
+struct Cli {
+    /// WebSocket (/ws), /metrics, /healthz, /readyz.
+    #[arg(long, env = "IM_HTTP_ADDR", default_value = "0.0.0.0:7001")]
+    http_addr: SocketAddr,
+    /// gRPC for logic pushes.
+    #[arg(long, env = "IM_GRPC_ADDR", default_value = "0.0.0.0:9100")]
+    grpc_addr: SocketAddr,
+    /// host:port logic uses to reach this gateway's gRPC (default: the gRPC
+    /// address, with 0.0.0.0 replaced by 127.0.0.1).
+    #[arg(long, env = "IM_ADVERTISE_ADDR")]
+    advertise_addr: Option<String>,
+    /// Unique id of this gateway (default: random).
+    #[arg(long, env = "IM_GATE_ID")]
+    gate_id: Option<String>,
+    /// Logic gRPC endpoints, comma-separated.
+    #[arg(long, env = "IM_LOGIC_ADDRS", value_delimiter = ',', default_value = "http://127.0.0.1:9000")]
+    logic_addrs: Vec<String>,
+    #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    #[arg(long, env = "IM_REDIS_PREFIX", default_value = "im:")]
+    redis_prefix: String,
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    #[arg(long, env = "IM_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    im_common::telemetry::init_tracing(cli.log_json);
+    let gate_id = cli
+        .gate_id
+        .clone()
+        .unwrap_or_else(|| format!("gw-{:08x}", rand::random::<u32>()));
+    let advertise = cli
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| cli.grpc_addr.to_string().replace("0.0.0.0", "127.0.0.1"));
+    let cfg = cli
+        .gateway
+        .config(&gate_id, &advertise)
+        .map_err(anyhow::Error::msg)?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), gate = %gate_id, "im-gateway starting");
+
+    let routes = Arc::new(
+        RedisRouteTable::connect(&cli.redis_url, &cli.redis_prefix)
+            .await
+            .context("failed to connect to Redis")?,
+    );
+    let logic = Arc::new(GrpcLogic::new(&cli.logic_addrs).map_err(anyhow::Error::msg)?);
+    let readiness = Readiness::default();
+    let shutdown = CancellationToken::new();
+    let gw = Gateway::new(cfg, logic, routes, shutdown.clone(), readiness.clone());
+
+    let tcp = tokio::net::TcpListener::bind(cli.gateway.tcp_addr)
+        .await
+        .with_context(|| format!("failed to bind {}", cli.gateway.tcp_addr))?;
+    let http = tokio::net::TcpListener::bind(cli.http_addr)
+        .await
+        .with_context(|| format!("failed to bind {}", cli.http_addr))?;
+    let servers_stop = CancellationToken::new();
+    let app = ws::router(gw.clone()).merge(admin_router(readiness.clone()));
+    let http_stop = servers_stop.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+    let grpc_stop = servers_stop.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(GatewayServer::new(GatewayGrpc(gw.clone())))
+            .serve_with_shutdown(cli.grpc_addr, async move { grpc_stop.cancelled().await }),
+    );
+    let tcp_task = tokio::spawn(tcp::serve(gw.clone(), tcp));
+    let registration = tokio::spawn(gw.clone().run_registration());
+    readiness.set(true);
+    tracing::info!(tcp = %cli.gateway.tcp_addr, http = %cli.http_addr, grpc = %cli.grpc_addr, advertise = %advertise, "im-gateway ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining connections");
+    shutdown.cancel();
+    let _ = tcp_task.await;
+    let _ = registration.await;
+    gw.drain().await;
+    servers_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = http_task.await;
+        let _ = grpc_task.await;
+    })
+    .await;
+    Ok(())
+}

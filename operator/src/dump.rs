@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use im_crds::ImCluster;
-use serde::Serialize;
 
 use crate::build::{self, DesiredReplicas};
 
@@ -59,53 +58,32 @@ pub fn dump_to_dir(out: &Path, input: Option<&Path>) -> Result<Vec<PathBuf>, Dum
         source,
     })?;
     let mut written = Vec::new();
-    let mut write = |file: &str, object: &dyn ErasedYaml| -> Result<(), DumpError> {
+    let mut write = |file: &str, yaml: Result<String, serde_saphyr::SerializeError>| {
         let path = out.join(file);
-        let yaml = object.to_yaml()?;
+        let yaml = yaml.map_err(DumpError::Render)?;
         std::fs::write(&path, yaml).map_err(|source| DumpError::Io {
             path: path.clone(),
             source,
         })?;
         written.push(path);
-        Ok(())
+        Ok::<(), DumpError>(())
     };
-    write("serviceaccount.yaml", &Typed(&children.service_account))?;
+    // k8s-openapi types serialize their own apiVersion and kind.
+    use serde_saphyr::to_string as yaml;
+    write("serviceaccount.yaml", yaml(&children.service_account))?;
     for (component, objects) in [("gateway", &children.gateway), ("logic", &children.logic)] {
-        write(&format!("{component}-configmap.yaml"), &Typed(&objects.config_map))?;
-        write(&format!("{component}-deployment.yaml"), &Typed(&objects.deployment))?;
-        write(&format!("{component}-service.yaml"), &Typed(&objects.service))?;
-        write(&format!("{component}-pdb.yaml"), &Typed(&objects.pdb))?;
+        write(
+            &format!("{component}-configmap.yaml"),
+            yaml(&objects.config_map),
+        )?;
+        write(
+            &format!("{component}-deployment.yaml"),
+            yaml(&objects.deployment),
+        )?;
+        write(&format!("{component}-service.yaml"), yaml(&objects.service))?;
+        write(&format!("{component}-pdb.yaml"), yaml(&objects.pdb))?;
     }
     Ok(written)
-}
-
-/// An object rendered with its `apiVersion` and `kind`.
-trait ErasedYaml {
-    fn to_yaml(&self) -> Result<String, DumpError>;
-}
-
-struct Typed<'a, K>(&'a K);
-
-impl<K> ErasedYaml for Typed<'_, K>
-where
-    K: kube::Resource<DynamicType = ()> + Serialize,
-{
-    fn to_yaml(&self) -> Result<String, DumpError> {
-        #[derive(Serialize)]
-        #[serde(rename_all = "camelCase")]
-        struct WithType<'a, K> {
-            api_version: String,
-            kind: String,
-            #[serde(flatten)]
-            object: &'a K,
-        }
-        serde_saphyr::to_string(&WithType {
-            api_version: K::api_version(&()).into_owned(),
-            kind: K::kind(&()).into_owned(),
-            object: self.0,
-        })
-        .map_err(DumpError::Render)
-    }
 }
 
 #[cfg(test)]

@@ -29,11 +29,23 @@ pub fn build_config_map(owner: &Owner, component: Component, spec: &ImClusterSpe
         Component::Gateway => {
             let listeners = &spec.gateway.listeners;
             BTreeMap::from([
-                ("IM_TCP_ADDR".into(), format!("0.0.0.0:{}", listeners.tcp_port)),
-                ("IM_HTTP_ADDR".into(), format!("0.0.0.0:{}", listeners.websocket_port)),
-                ("IM_GRPC_ADDR".into(), format!("0.0.0.0:{GATEWAY_GRPC_PORT}")),
+                (
+                    "IM_TCP_ADDR".into(),
+                    format!("0.0.0.0:{}", listeners.tcp_port),
+                ),
+                (
+                    "IM_HTTP_ADDR".into(),
+                    format!("0.0.0.0:{}", listeners.websocket_port),
+                ),
+                (
+                    "IM_GRPC_ADDR".into(),
+                    format!("0.0.0.0:{GATEWAY_GRPC_PORT}"),
+                ),
                 ("IM_LOGIC_ADDRS".into(), logic_address(owner)),
-                ("IM_DRAIN_SECS".into(), spec.drain_window_seconds.to_string()),
+                (
+                    "IM_DRAIN_SECS".into(),
+                    spec.drain_window_seconds.to_string(),
+                ),
                 ("RUST_LOG".into(), "info".into()),
             ])
         }
@@ -202,7 +214,10 @@ pub fn pod_template(
     let mut labels = names::component_labels(&owner.name, component);
     labels.remove(names::LABEL_MANAGED_BY);
     let annotations = BTreeMap::from([
-        (names::ANNOTATION_CONFIG_HASH.to_string(), config_hash(config_map)),
+        (
+            names::ANNOTATION_CONFIG_HASH.to_string(),
+            config_hash(config_map),
+        ),
         ("prometheus.io/scrape".to_string(), "true".to_string()),
         ("prometheus.io/port".to_string(), metrics_port.to_string()),
         ("prometheus.io/path".to_string(), "/metrics".to_string()),

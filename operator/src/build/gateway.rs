@@ -150,7 +150,10 @@ mod tests {
         let owner = Owner::of(&imc).expect("owner");
         let cm = common::build_config_map(&owner, Component::Gateway, &imc.spec);
         let d = build_deployment(&owner, &imc.spec, 4, &cm);
-        assert_eq!(env_value(&d, "IM_GATE_ID").as_deref(), Some("metadata.name"));
+        assert_eq!(
+            env_value(&d, "IM_GATE_ID").as_deref(),
+            Some("metadata.name")
+        );
         assert_eq!(env_value(&d, "POD_IP").as_deref(), Some("status.podIP"));
         assert_eq!(
             env_value(&d, "IM_ADVERTISE_ADDR").as_deref(),
@@ -168,8 +171,14 @@ mod tests {
                 .and_then(|p| p.http_get.as_ref())
                 .and_then(|h| h.path.clone())
         };
-        assert_eq!(probe_path(&container.liveness_probe).as_deref(), Some("/healthz"));
-        assert_eq!(probe_path(&container.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(
+            probe_path(&container.liveness_probe).as_deref(),
+            Some("/healthz")
+        );
+        assert_eq!(
+            probe_path(&container.readiness_probe).as_deref(),
+            Some("/readyz")
+        );
     }
 
     #[test]

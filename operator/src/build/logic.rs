@@ -134,8 +134,14 @@ mod tests {
                 .and_then(|v| v.secret_key_ref.as_ref())
                 .map(|s| (s.name.clone(), s.key.clone()))
         };
-        assert_eq!(secret_of("IM_DATABASE_URL"), Some(("im-postgres".into(), "url".into())));
-        assert_eq!(secret_of("IM_JWT_SECRET"), Some(("im-jwt".into(), "secret".into())));
+        assert_eq!(
+            secret_of("IM_DATABASE_URL"),
+            Some(("im-postgres".into(), "url".into()))
+        );
+        assert_eq!(
+            secret_of("IM_JWT_SECRET"),
+            Some(("im-jwt".into(), "secret".into()))
+        );
         assert_eq!(d.spec.replicas, Some(2));
         assert_eq!(
             d.spec.selector.match_labels,

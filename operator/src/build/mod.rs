@@ -198,7 +198,10 @@ pub(crate) mod tests {
             assert_eq!(owners[0].name, "chat");
             assert_eq!(owners[0].controller, Some(true));
             let labels = meta.labels.as_ref().expect("labels");
-            assert_eq!(labels.get(crate::names::LABEL_INSTANCE).map(String::as_str), Some("chat"));
+            assert_eq!(
+                labels.get(crate::names::LABEL_INSTANCE).map(String::as_str),
+                Some("chat")
+            );
         }
         assert_eq!(children.gateway.deployment.spec.replicas, Some(3));
         assert_eq!(children.logic.deployment.spec.replicas, Some(2));
@@ -208,7 +211,13 @@ pub(crate) mod tests {
     fn an_imcluster_without_uid_cannot_own_children() {
         let mut imc = sample_cluster();
         imc.metadata.uid = None;
-        let err = build_children(&imc, DesiredReplicas { gateway: 1, logic: 1 });
+        let err = build_children(
+            &imc,
+            DesiredReplicas {
+                gateway: 1,
+                logic: 1,
+            },
+        );
         assert_eq!(err, Err(BuildError::MissingMetadata("uid")));
     }
 }

@@ -1,0 +1,236 @@
+//! The gateway's shared state: live connections, push and kick into them,
+//! registration in the route table, and drain on shutdown.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::DashMap;
+use im_common::admin::Readiness;
+use im_common::api::{ApiError, GatewayApi, LogicApi};
+use im_common::route::RouteTable;
+use im_common::shutdown::CancellationToken;
+use im_proto::client::{Ctrl, CtrlType, Push};
+use im_proto::logic::{KickReply, KickRequest, PushBatch, PushReply};
+use im_proto::prost::Message as _;
+use im_proto::{Command, Frame};
+use tokio::sync::Semaphore;
+
+use crate::conn::{ConnHandle, QueueError};
+use crate::metrics;
+
+/// Limits and identity of one gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub gate_id: String,
+    /// gRPC address logic uses to push here (`"local"` in single-node mode).
+    pub advertise_addr: String,
+    pub max_body: usize,
+    pub auth_timeout: Duration,
+    /// Advertised to clients in the AUTH response.
+    pub heartbeat_interval: Duration,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// Frames queued per connection before it counts as a slow consumer.
+    pub outbound_queue: usize,
+    pub max_connections: usize,
+    /// Requests one connection may have in flight to logic.
+    pub max_inflight: usize,
+    pub registration_ttl: Duration,
+    /// Window over which clients are told to reconnect elsewhere on shutdown.
+    pub drain_window: Duration,
+}
+
+impl GatewayConfig {
+    pub fn new(gate_id: impl Into<String>, advertise_addr: impl Into<String>) -> Self {
+        GatewayConfig {
+            gate_id: gate_id.into(),
+            advertise_addr: advertise_addr.into(),
+            max_body: im_proto::frame::DEFAULT_MAX_BODY,
+            auth_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            outbound_queue: 1024,
+            max_connections: 100_000,
+            max_inflight: 64,
+            registration_ttl: Duration::from_secs(15),
+            drain_window: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub(crate) cfg: GatewayConfig,
+    pub(crate) logic: Arc<dyn LogicApi>,
+    pub(crate) routes: Arc<dyn RouteTable>,
+    pub(crate) conns: DashMap<u64, Arc<ConnHandle>>,
+    next_conn: AtomicU64,
+    pub(crate) conn_limit: Arc<Semaphore>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) readiness: Readiness,
+}
+
+impl Gateway {
+    pub fn new(
+        cfg: GatewayConfig,
+        logic: Arc<dyn LogicApi>,
+        routes: Arc<dyn RouteTable>,
+        shutdown: CancellationToken,
+        readiness: Readiness,
+    ) -> Arc<Gateway> {
+        // Connection ids start from the boot time, so a restarted gateway
+        // never reuses an id a stale route might still point at.
+        let first = im_proto::now_ms() << 20;
+        Arc::new(Gateway {
+            conn_limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            cfg,
+            logic,
+            routes,
+            conns: DashMap::new(),
+            next_conn: AtomicU64::new(first),
+            shutdown,
+            readiness,
+        })
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues each item's push frame (encoded once) on each of its connections.
+    pub fn push_local(&self, batch: PushBatch) -> PushReply {
+        let mut reply = PushReply::default();
+        for item in batch.items {
+            let max_seq = item.messages.iter().map(|m| m.seq).max().unwrap_or(0);
+            let body = Push {
+                messages: item.messages,
+            }
+            .encode_to_vec();
+            let frame = Frame::request(Command::Push, 0, body).to_bytes();
+            for conn_id in item.conn_ids {
+                let sent = self
+                    .conns
+                    .get(&conn_id)
+                    .map(|h| h.send_push(frame.clone(), max_seq));
+                match sent {
+                    Some(Ok(())) => {
+                        reply.delivered += 1;
+                        metrics::frame("out", Command::Push as u16);
+                    }
+                    Some(Err(QueueError::SlowConsumer)) | Some(Err(QueueError::Closed)) | None => {
+                        reply.missing += 1
+                    }
+                }
+            }
+        }
+        reply
+    }
+
+    /// Sends a kickout frame to a connection and closes it.
+    pub fn kick_local(&self, req: KickRequest) -> KickReply {
+        let Some(h) = self.conns.get(&req.conn_id).map(|h| h.clone()) else {
+            return KickReply { found: false };
+        };
+        let body = req.kickout.unwrap_or_default().encode_to_vec();
+        let _ = h.send(Frame::request(Command::Kickout, 0, body).to_bytes());
+        h.close();
+        metrics::KICKED.inc();
+        KickReply { found: true }
+    }
+
+    /// Keeps this gateway registered; after a lapse (expiry, Redis restart)
+    /// records every live session again. Unregisters on shutdown.
+    pub async fn run_registration(self: Arc<Self>) {
+        let every = self.cfg.registration_ttl / 3;
+        let mut first = true;
+        loop {
+            match self
+                .routes
+                .register_gate(&self.cfg.gate_id, &self.cfg.advertise_addr, self.cfg.registration_ttl)
+                .await
+            {
+                Ok(was_present) => {
+                    if !was_present && !first {
+                        self.reregister_sessions().await;
+                    }
+                    first = false;
+                }
+                Err(e) => tracing::warn!(error = %e, "failed to renew gateway registration"),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+        if let Err(e) = self.routes.unregister_gate(&self.cfg.gate_id).await {
+            tracing::warn!(error = %e, "failed to unregister gateway");
+        }
+    }
+
+    async fn reregister_sessions(&self) {
+        let routes: Vec<_> = self
+            .conns
+            .iter()
+            .filter_map(|h| h.identity().map(|id| (id.user_id, id.route.clone())))
+            .collect();
+        tracing::info!(sessions = routes.len(), "registration had lapsed; recording sessions again");
+        if let Err(e) = self.routes.set_routes(&routes).await {
+            tracing::warn!(error = %e, "failed to record sessions again");
+        }
+    }
+
+    /// Drain: turn not-ready, leave the route table, ask clients to reconnect
+    /// in jittered waves over the drain window, then close what is left.
+    pub async fn drain(&self) {
+        self.readiness.set(false);
+        if let Err(e) = self.routes.unregister_gate(&self.cfg.gate_id).await {
+            tracing::warn!(error = %e, "failed to unregister gateway");
+        }
+        let conns: Vec<Arc<ConnHandle>> = self.conns.iter().map(|h| h.clone()).collect();
+        tracing::info!(connections = conns.len(), window = ?self.cfg.drain_window, "draining");
+        let window = self.cfg.drain_window.as_millis() as u64;
+        let mut plan: Vec<(u64, Arc<ConnHandle>)> = conns
+            .into_iter()
+            .map(|h| (if window == 0 { 0 } else { rand::random_range(0..window) }, h))
+            .collect();
+        plan.sort_by_key(|(at, _)| *at);
+        let start = tokio::time::Instant::now();
+        for (at, h) in plan {
+            tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+            let body = Ctrl {
+                r#type: CtrlType::Reconnect as i32,
+                reconnect_addr: String::new(),
+                delay_ms: rand::random_range(0..1000),
+                message: "gateway is shutting down".into(),
+            }
+            .encode_to_vec();
+            let _ = h.send(Frame::request(Command::Ctrl, 0, Bytes::from(body)).to_bytes());
+            h.close();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.conns.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// In single-node mode logic pushes straight into the gateway.
+#[async_trait]
+impl GatewayApi for Gateway {
+    async fn push(&self, _gate_addr: &str, batch: PushBatch) -> Result<PushReply, ApiError> {
+        Ok(self.push_local(batch))
+    }
+
+    async fn kick(&self, _gate_addr: &str, req: KickRequest) -> Result<KickReply, ApiError> {
+        Ok(self.kick_local(req))
+    }
+}

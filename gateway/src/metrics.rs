@@ -1,0 +1,68 @@
+//! The gateway's Prometheus metrics (names are a contract: see architecture.md).
+use std::sync::LazyLock;
+
+use prometheus::{
+    Histogram, IntCounter, IntCounterVec, IntGauge, exponential_buckets, register_histogram,
+    register_int_counter, register_int_counter_vec, register_int_gauge,
+};
+
+// Registration fails only on a duplicate name, a start-up invariant.
+pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("im_gateway_connections", "Current authenticated connections")
+        .expect("register im_gateway_connections")
+});
+
+pub static ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "im_gateway_connections_accepted_total",
+        "Connections accepted (TCP and WebSocket), authenticated or not"
+    )
+    .expect("register im_gateway_connections_accepted_total")
+});
+
+pub static FRAMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "im_gateway_frames_total",
+        "Frames by direction (in, out) and command",
+        &["direction", "command"]
+    )
+    .expect("register im_gateway_frames_total")
+});
+
+pub static PUSH_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "im_gateway_push_latency_seconds",
+        "From a push reaching the gateway to the device acknowledging it",
+        exponential_buckets(0.0005, 2.0, 16).expect("buckets")
+    )
+    .expect("register im_gateway_push_latency_seconds")
+});
+
+pub static KICKED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!("im_gateway_kicked_total", "Sessions kicked out")
+        .expect("register im_gateway_kicked_total")
+});
+
+pub static SLOW_CONSUMERS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "im_gateway_slow_consumer_disconnects_total",
+        "Connections closed because their outbound queue was full"
+    )
+    .expect("register im_gateway_slow_consumer_disconnects_total")
+});
+
+pub static PROTOCOL_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "im_gateway_protocol_errors_total",
+        "Error frames sent to clients, by error code",
+        &["code"]
+    )
+    .expect("register im_gateway_protocol_errors_total")
+});
+
+pub fn frame(direction: &str, command: u16) {
+    let name = im_proto::Command::from_code(command)
+        .map(|c| c.name())
+        .unwrap_or("unknown");
+    FRAMES.with_label_values(&[direction, name]).inc();
+}

@@ -1,0 +1,321 @@
+//! One client connection from accept to close, whatever the transport: auth
+//! handshake under a timeout, then frames in order, replies as logic answers.
+use std::future::Future;
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::FuturesOrdered;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use im_common::api::{ApiError, ReplyFuture};
+use im_common::route::Route;
+use im_common::shutdown::CancellationToken;
+use im_proto::client::{
+    Ack, AuthRequest, AuthResponse, C2cSendRequest, ErrorCode, Heartbeat, PullRequest,
+};
+use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
+use im_proto::prost::Message as _;
+use im_proto::{Command, Frame, FrameError};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::conn::{ConnHandle, Identity};
+use crate::gateway::Gateway;
+use crate::metrics;
+
+type Pending = Pin<Box<dyn Future<Output = (u16, u32, UpReply)> + Send>>;
+
+/// The error frame for `err`, in answer to (`command`, `seq`).
+pub fn error_frame(command: u16, seq: u32, err: &ApiError) -> Bytes {
+    metrics::PROTOCOL_ERRORS
+        .with_label_values(&[err.code.as_str_name()])
+        .inc();
+    Frame::error(command, seq, err.to_body().encode_to_vec()).to_bytes()
+}
+
+fn frame_error(e: &FrameError) -> ApiError {
+    match e {
+        FrameError::TooLarge { .. } => ApiError::new(ErrorCode::FrameTooLarge, e.to_string()),
+        _ => ApiError::new(ErrorCode::BadFrame, e.to_string()),
+    }
+}
+
+/// Drives a connection: `frames` is the decoded input, `sink` takes encoded frames.
+pub async fn run<S, K, E>(gw: Arc<Gateway>, mut frames: S, sink: K, peer: String)
+where
+    S: Stream<Item = Result<Frame, FrameError>> + Unpin + Send,
+    K: Sink<Bytes, Error = E> + Unpin + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    metrics::ACCEPTED.inc();
+    let conn_id = gw.next_conn_id();
+    let (handle, rx) = ConnHandle::new(conn_id, gw.cfg.outbound_queue);
+    let handle = Arc::new(handle);
+    let writer = tokio::spawn(write_loop(sink, rx, handle.close_token().clone()));
+
+    let authed = authenticate(&gw, &handle, &mut frames).await;
+    if let Some(identity) = authed {
+        metrics::CONNECTIONS.inc();
+        tracing::debug!(conn = conn_id, user = identity.user_id, %peer, "authenticated");
+        serve(&gw, &handle, &identity, &mut frames).await;
+        metrics::CONNECTIONS.dec();
+        gw.conns.remove(&conn_id);
+        if let Err(e) = gw.routes.remove_route(identity.user_id, &identity.route).await {
+            tracing::warn!(error = %e, "failed to remove route");
+        }
+    } else {
+        gw.conns.remove(&conn_id);
+    }
+    handle.close();
+    let _ = writer.await;
+    tracing::debug!(conn = conn_id, %peer, "closed");
+}
+
+/// Waits for AUTH; on any failure sends an error frame and returns `None`.
+async fn authenticate<S>(gw: &Gateway, handle: &Arc<ConnHandle>, frames: &mut S) -> Option<Identity>
+where
+    S: Stream<Item = Result<Frame, FrameError>> + Unpin + Send,
+{
+    let first = tokio::select! {
+        r = tokio::time::timeout(gw.cfg.auth_timeout, frames.next()) => r,
+        _ = gw.shutdown.cancelled() => return None,
+    };
+    let frame = match first {
+        Err(_) => {
+            let e = ApiError::new(ErrorCode::AuthTimeout, "no AUTH frame within the auth timeout");
+            let _ = handle.send(error_frame(Command::Auth as u16, 0, &e));
+            return None;
+        }
+        Ok(None) => return None,
+        Ok(Some(Err(e))) => {
+            let _ = handle.send(error_frame(0, 0, &frame_error(&e)));
+            return None;
+        }
+        Ok(Some(Ok(f))) => f,
+    };
+    metrics::frame("in", frame.command);
+    let refuse = |e: ApiError| {
+        let _ = handle.send(error_frame(frame.command, frame.seq, &e));
+        None
+    };
+    if frame.command() != Some(Command::Auth) {
+        return refuse(ApiError::new(ErrorCode::Unauthenticated, "the first frame must be AUTH"));
+    }
+    let Ok(req) = AuthRequest::decode(frame.body.clone()) else {
+        return refuse(ApiError::new(ErrorCode::BadFrame, "AUTH body is not an AuthRequest"));
+    };
+    // Registered before logic records the route, so no push can miss it.
+    gw.conns.insert(handle.conn_id, handle.clone());
+    let reply = gw
+        .logic
+        .auth(logic::AuthRequest {
+            token: req.token,
+            device: req.device,
+            device_id: req.device_id,
+            gate_id: gw.cfg.gate_id.clone(),
+            conn_id: handle.conn_id,
+        })
+        .await;
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e) => return refuse(e),
+    };
+    let identity = Identity {
+        user_id: reply.user_id,
+        route: Route {
+            device: req.device,
+            gate_id: gw.cfg.gate_id.clone(),
+            conn_id: handle.conn_id,
+        },
+    };
+    handle.set_identity(identity.clone());
+    let body = AuthResponse {
+        user_id: reply.user_id,
+        max_seq: reply.max_seq,
+        server_time_ms: im_proto::now_ms(),
+        heartbeat_secs: gw.cfg.heartbeat_interval.as_secs() as u32,
+    };
+    let _ = handle.send(Frame::response(frame.command, frame.seq, body.encode_to_vec()).to_bytes());
+    Some(identity)
+}
+
+/// The authenticated loop: frames in, replies out in request order.
+async fn serve<S>(gw: &Gateway, handle: &ConnHandle, id: &Identity, frames: &mut S)
+where
+    S: Stream<Item = Result<Frame, FrameError>> + Unpin + Send,
+{
+    let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let idle = tokio::time::sleep(gw.cfg.idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        tokio::select! {
+            _ = handle.close_token().cancelled() => break,
+            _ = &mut idle => {
+                tracing::debug!(conn = handle.conn_id, "idle timeout");
+                break;
+            }
+            Some((command, seq, reply)) = inflight.next(), if !inflight.is_empty() => {
+                if handle.send(reply_frame(command, seq, reply)).is_err() {
+                    break;
+                }
+            }
+            next = frames.next(), if inflight.len() < gw.cfg.max_inflight => {
+                let frame = match next {
+                    None => break,
+                    Some(Err(e)) => {
+                        // The stream cannot be resynchronised after a bad header.
+                        let _ = handle.send(error_frame(0, 0, &frame_error(&e)));
+                        break;
+                    }
+                    Some(Ok(f)) => f,
+                };
+                idle.as_mut().reset(Instant::now() + gw.cfg.idle_timeout);
+                metrics::frame("in", frame.command);
+                match handle_frame(gw, handle, id, frame).await {
+                    Step::Reply(bytes) => {
+                        if handle.send(bytes).is_err() {
+                            break;
+                        }
+                    }
+                    Step::Pending(p) => inflight.push_back(p),
+                    Step::None => {}
+                    Step::Close => break,
+                }
+            }
+        }
+    }
+}
+
+enum Step {
+    Reply(Bytes),
+    Pending(Pending),
+    None,
+    Close,
+}
+
+async fn handle_frame(gw: &Gateway, handle: &ConnHandle, id: &Identity, frame: Frame) -> Step {
+    let (cmd, seq) = (frame.command, frame.seq);
+    if frame.flags.is_response() {
+        return Step::None;
+    }
+    let bad_body = |what: &str| {
+        Step::Reply(error_frame(
+            cmd,
+            seq,
+            &ApiError::new(ErrorCode::BadFrame, format!("body is not a {what}")),
+        ))
+    };
+    let kind = match frame.command() {
+        Some(Command::Heartbeat) => {
+            let body = Heartbeat {
+                server_time_ms: im_proto::now_ms(),
+            };
+            return Step::Reply(Frame::response(cmd, seq, body.encode_to_vec()).to_bytes());
+        }
+        Some(Command::Ack) => {
+            let Ok(ack) = Ack::decode(frame.body) else {
+                return bad_body("Ack");
+            };
+            handle.ack(ack.seq);
+            return Step::None;
+        }
+        Some(Command::Logout) => {
+            let _ = handle.send(Frame::response(cmd, seq, Bytes::new()).to_bytes());
+            return Step::Close;
+        }
+        Some(Command::C2cSend) => match C2cSendRequest::decode(frame.body) {
+            Ok(r) => up_request::Kind::C2c(r),
+            Err(_) => return bad_body("C2cSendRequest"),
+        },
+        Some(Command::Pull) => match PullRequest::decode(frame.body) {
+            Ok(r) => up_request::Kind::Pull(r),
+            Err(_) => return bad_body("PullRequest"),
+        },
+        Some(Command::Auth) => {
+            return Step::Reply(error_frame(
+                cmd,
+                seq,
+                &ApiError::bad_request("already authenticated"),
+            ));
+        }
+        Some(Command::C2gSend) | Some(Command::Push) | Some(Command::Kickout) | Some(Command::Ctrl) | None => {
+            return Step::Reply(error_frame(
+                cmd,
+                seq,
+                &ApiError::new(ErrorCode::UnknownCommand, format!("command {cmd:#06x} is not accepted from clients")),
+            ));
+        }
+    };
+    let up = UpRequest {
+        req_id: 0,
+        user_id: id.user_id,
+        device: id.route.device,
+        gate_id: gw.cfg.gate_id.clone(),
+        conn_id: handle.conn_id,
+        kind: Some(kind),
+    };
+    let fut: ReplyFuture = gw.logic.submit(up).await;
+    Step::Pending(Box::pin(async move { (cmd, seq, fut.await) }))
+}
+
+fn reply_frame(command: u16, seq: u32, reply: UpReply) -> Bytes {
+    if let Some(e) = ApiError::from_reply(&reply) {
+        return error_frame(command, seq, &e);
+    }
+    let body = match reply.kind {
+        Some(up_reply::Kind::Sent(s)) => s.encode_to_vec(),
+        Some(up_reply::Kind::Pulled(p)) => p.encode_to_vec(),
+        None => Vec::new(),
+    };
+    metrics::frame("out", command);
+    Frame::response(command, seq, body).to_bytes()
+}
+
+/// Writes queued frames, batching whatever is ready into one flush. On close
+/// (kick, drain, slow consumer) it stops waiting on a client that does not
+/// read, then spends at most two seconds writing what is left (a kickout, say).
+async fn write_loop<K, E>(mut sink: K, mut rx: mpsc::Receiver<Bytes>, close: CancellationToken)
+where
+    K: Sink<Bytes, Error = E> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut batch = Vec::with_capacity(64);
+    let mut pending: VecDeque<Bytes> = VecDeque::with_capacity(64);
+    loop {
+        let n = tokio::select! {
+            biased;
+            n = rx.recv_many(&mut batch, 64) => n,
+            _ = close.cancelled() => break,
+        };
+        if n == 0 {
+            break;
+        }
+        pending.extend(batch.drain(..));
+        let write = async {
+            while let Some(b) = pending.pop_front() {
+                sink.feed(b).await?;
+            }
+            sink.flush().await
+        };
+        tokio::select! {
+            r = write => if r.is_err() {
+                close.cancel();
+                return;
+            },
+            _ = close.cancelled() => break,
+        }
+    }
+    let finish = async {
+        while let Some(b) = pending.pop_front() {
+            sink.feed(b).await?;
+        }
+        while let Ok(b) = rx.try_recv() {
+            sink.feed(b).await?;
+        }
+        sink.flush().await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), finish).await;
+}
