@@ -78,6 +78,7 @@ pub fn router(svc: Arc<LogicService>) -> Router {
         .route("/api/v1/register", post(register))
         .route("/api/v1/login", post(login))
         .route("/api/v1/logout", post(logout))
+        .route("/api/v1/users", get(user_by_id))
         .route("/api/v1/users/{username}", get(user_by_name))
         .route("/api/v1/messages", get(pull).post(send))
         .layer(DefaultBodyLimit::max(limit))
@@ -219,6 +220,29 @@ async fn user_by_name(
     }
     .await;
     counted("user_by_name", r)
+}
+
+#[derive(Deserialize)]
+struct IdQuery {
+    id: i64,
+}
+
+async fn user_by_id(
+    State(svc): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<IdQuery>,
+) -> Result<Json<serde_json::Value>, RestError> {
+    let r = async {
+        bearer(&svc, &headers).await?;
+        let name = svc
+            .store
+            .username_of(q.id)
+            .await?
+            .ok_or_else(|| RestError::new(StatusCode::NOT_FOUND, "UNKNOWN_USER", "no such user"))?;
+        Ok(Json(json!({"user_id": q.id, "username": name})))
+    }
+    .await;
+    counted("user_by_id", r)
 }
 
 #[derive(Deserialize)]

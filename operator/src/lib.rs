@@ -5,11 +5,21 @@
 //! - [`build`]: pure builders, ImCluster + replica counts -> Deployments, Services,
 //!   ConfigMaps, PodDisruptionBudgets, ServiceAccount.
 //! - [`autoscale`]: Prometheus client and the pure HPA-style decision.
+//! - [`reconcile`]: one reconcile (validate, read, autoscale, drain, apply, status, Events)
+//!   and the per-object backoff; [`controller`] runs it under a kube-rs `Controller`.
+//! - [`leader`]: Lease-based leader election; [`metrics`] and [`http`]: `/metrics`, `/healthz`.
+//! - [`dump`]: writes built objects as YAML for offline validation.
+//!
+//! Flow: watch event -> `reconcile` -> `build` (pure) + `autoscale::plan` (pure, fed by
+//! Prometheus) -> server-side apply of children -> status subresource + Events.
 #![forbid(unsafe_code)]
 
 pub mod autoscale;
 pub mod build;
+pub mod controller;
 pub mod dump;
-pub mod names;
+pub mod http;
+pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod reconcile;

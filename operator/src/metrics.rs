@@ -48,7 +48,10 @@ impl Metrics {
     pub fn new() -> Result<Self, MetricsError> {
         let registry = Registry::new();
         let reconcile_total = IntCounterVec::new(
-            Opts::new("im_operator_reconcile_total", "ImCluster reconciles by result"),
+            Opts::new(
+                "im_operator_reconcile_total",
+                "ImCluster reconciles by result",
+            ),
             &["result"],
         )
         .map_err(MetricsError)?;
@@ -91,7 +94,8 @@ impl Metrics {
         self.reconcile_total
             .with_label_values(&[outcome.as_str()])
             .inc();
-        self.reconcile_duration.observe(started.elapsed().as_secs_f64());
+        self.reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Reconciles counted so far with this outcome.
@@ -138,9 +142,18 @@ mod tests {
         m.observe_reconcile(Outcome::Ok, Instant::now());
         m.set_desired("im/chat", Component::Gateway, 3);
         let text = m.render();
-        assert!(text.contains("im_operator_reconcile_total{result=\"ok\"} 1"), "{text}");
-        assert!(text.contains("im_operator_reconcile_total{result=\"error\"} 0"), "{text}");
-        assert!(text.contains("im_operator_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("im_operator_reconcile_total{result=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("im_operator_reconcile_total{result=\"error\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("im_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "im_operator_desired_replicas{cluster=\"im/chat\",component=\"gateway\"} 3"

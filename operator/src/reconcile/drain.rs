@@ -35,7 +35,11 @@ pub fn deletion_costs(
                 -i32::try_from(remove - rank).unwrap_or(i32::MAX)
             } else {
                 let c = conns(pod).round();
-                if c >= f64::from(i32::MAX) { i32::MAX } else { c as i32 }
+                if c >= f64::from(i32::MAX) {
+                    i32::MAX
+                } else {
+                    c as i32
+                }
             };
             (pod.clone(), cost)
         })

@@ -16,9 +16,7 @@ use std::{
 };
 
 use im_crds::{Component, ImCluster, ImClusterSpec, condition_type, reason, validate};
-use k8s_openapi::{
-    api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, Client, ResourceExt, runtime::controller::Action, runtime::events::Recorder};
 
 use crate::{
@@ -142,7 +140,8 @@ async fn report_failure(imc: &ImCluster, ctx: &Context, error: &Error) {
         },
     );
     // Keep Ready/Progressing as they were; only Degraded changes.
-    next.conditions.retain(|c| c.type_ != condition_type::DEGRADED);
+    next.conditions
+        .retain(|c| c.type_ != condition_type::DEGRADED);
     let mut cond = degraded
         .condition(condition_type::DEGRADED)
         .cloned()
@@ -226,12 +225,18 @@ async fn reconcile_inner(imc: &ImCluster, ctx: &Context) -> Result<(Action, Outc
             .as_ref()
             .map(|m| m.connections_by_pod.clone())
             .unwrap_or_default();
-        drain::annotate_for_scale_down(&pods, &name, &by_pod, current.gateway, plan.replicas.gateway)
-            .await
-            .map_err(|source| ApiError {
-                action: "mark gateway pods for scale-down".into(),
-                source,
-            })?;
+        drain::annotate_for_scale_down(
+            &pods,
+            &name,
+            &by_pod,
+            current.gateway,
+            plan.replicas.gateway,
+        )
+        .await
+        .map_err(|source| ApiError {
+            action: "mark gateway pods for scale-down".into(),
+            source,
+        })?;
     }
 
     let children = build::build_children(imc, plan.replicas)?;
@@ -295,17 +300,25 @@ async fn plan_replicas(
     let spec = &imc.spec;
     let old = imc.status.as_ref();
     if !spec.autoscaling.enabled {
-        return (autoscale::plan(spec, current, &[], None, now), None, Health::Fine);
+        return (
+            autoscale::plan(spec, current, &[], None, now),
+            None,
+            Health::Fine,
+        );
     }
     if !autoscale::is_due(spec, old.and_then(|s| s.last_metrics_time.as_ref()), now) {
         // Between syncs: hold (inside the bounds) and keep the last metrics verdict.
         let health = old
             .and_then(|s| s.condition(condition_type::DEGRADED))
             .filter(|c| c.status == "True" && c.reason == reason::METRICS_UNAVAILABLE)
-            .map_or(Health::Fine, |c| Health::MetricsUnavailable(c.message.clone()));
+            .map_or(Health::Fine, |c| {
+                Health::MetricsUnavailable(c.message.clone())
+            });
         return (hold(spec, current), None, health);
     }
-    let history = old.map(|s| s.recommendations.as_slice()).unwrap_or_default();
+    let history = old
+        .map(|s| s.recommendations.as_slice())
+        .unwrap_or_default();
     match ctx
         .prom
         .cluster_metrics(&spec.autoscaling.prometheus_url, &imc.name_any(), namespace)
@@ -340,12 +353,14 @@ async fn plan_replicas(
 fn hold(spec: &ImClusterSpec, current: DesiredReplicas) -> Plan {
     Plan {
         replicas: DesiredReplicas {
-            gateway: current
-                .gateway
-                .clamp(spec.gateway.replicas.min, spec.gateway.replicas.max.max(spec.gateway.replicas.min)),
-            logic: current
-                .logic
-                .clamp(spec.logic.replicas.min, spec.logic.replicas.max.max(spec.logic.replicas.min)),
+            gateway: current.gateway.clamp(
+                spec.gateway.replicas.min,
+                spec.gateway.replicas.max.max(spec.gateway.replicas.min),
+            ),
+            logic: current.logic.clamp(
+                spec.logic.replicas.min,
+                spec.logic.replicas.max.max(spec.logic.replicas.min),
+            ),
         },
         decisions: vec![],
         history: vec![],

@@ -34,7 +34,8 @@ pub fn observe(deployment: Option<&Deployment>, desired: i32) -> Observed {
     };
     let status = d.status.clone().unwrap_or_default();
     let ready = status.ready_replicas.unwrap_or(0);
-    let generation_seen = status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
+    let generation_seen =
+        status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0);
     let progressing = !generation_seen
         || d.spec.replicas != Some(desired)
         || status.updated_replicas.unwrap_or(0) < desired
@@ -127,16 +128,29 @@ pub fn next_status(old: Option<&ImClusterStatus>, input: StatusInput) -> ImClust
         (
             condition_type::READY,
             ready,
-            if ready { reason::ALL_REPLICAS_READY } else { reason::REPLICAS_NOT_READY },
+            if ready {
+                reason::ALL_REPLICAS_READY
+            } else {
+                reason::REPLICAS_NOT_READY
+            },
             replicas_note.clone(),
         ),
         (
             condition_type::PROGRESSING,
             progressing,
-            if progressing { reason::ROLLOUT_IN_PROGRESS } else { reason::ROLLOUT_COMPLETE },
+            if progressing {
+                reason::ROLLOUT_IN_PROGRESS
+            } else {
+                reason::ROLLOUT_COMPLETE
+            },
             replicas_note,
         ),
-        (condition_type::DEGRADED, degraded, degraded_reason, degraded_message),
+        (
+            condition_type::DEGRADED,
+            degraded,
+            degraded_reason,
+            degraded_message,
+        ),
     ];
     status.conditions = wanted
         .into_iter()
@@ -301,31 +315,52 @@ mod tests {
         let s = next_status(None, input(Health::InvalidSpec("bad".into()), None, 10));
         assert!(s.is_true(condition_type::DEGRADED));
         assert!(!s.is_true(condition_type::READY));
-        assert_eq!(s.condition(condition_type::DEGRADED).map(|c| c.reason.as_str()), Some("InvalidSpec"));
+        assert_eq!(
+            s.condition(condition_type::DEGRADED)
+                .map(|c| c.reason.as_str()),
+            Some("InvalidSpec")
+        );
         assert_eq!(s.observed_generation, Some(2));
         let n = notices(None, &s, &[]);
         assert_eq!(n.len(), 1);
-        assert_eq!((n[0].type_, n[0].reason.as_str()), (EventType::Warning, "InvalidSpec"));
+        assert_eq!(
+            (n[0].type_, n[0].reason.as_str()),
+            (EventType::Warning, "InvalidSpec")
+        );
     }
 
     #[test]
     fn transition_time_moves_only_when_status_flips() {
-        let first = next_status(None, input(Health::Fine, Some((ready(2, 1), ready(2, 2))), 10));
-        let same = next_status(Some(&first), input(Health::Fine, Some((ready(2, 1), ready(2, 2))), 20));
-        let ready_cond = |s: &ImClusterStatus| s.condition(condition_type::READY).cloned().expect("ready");
+        let first = next_status(
+            None,
+            input(Health::Fine, Some((ready(2, 1), ready(2, 2))), 10),
+        );
+        let same = next_status(
+            Some(&first),
+            input(Health::Fine, Some((ready(2, 1), ready(2, 2))), 20),
+        );
+        let ready_cond =
+            |s: &ImClusterStatus| s.condition(condition_type::READY).cloned().expect("ready");
         assert_eq!(ready_cond(&same).last_transition_time, t(10));
         assert_eq!(first, same, "nothing changed, nothing to write");
-        let flipped = next_status(Some(&same), input(Health::Fine, Some((ready(2, 2), ready(2, 2))), 30));
+        let flipped = next_status(
+            Some(&same),
+            input(Health::Fine, Some((ready(2, 2), ready(2, 2))), 30),
+        );
         assert_eq!(ready_cond(&flipped).status, "True");
         assert_eq!(ready_cond(&flipped).last_transition_time, t(30));
         assert_eq!(flipped.gateways_ready.as_deref(), Some("2/2"));
         let n = notices(Some(&same), &flipped, &[]);
-        assert_eq!(n.iter().map(|n| n.reason.as_str()).collect::<Vec<_>>(), ["Ready"]);
+        assert_eq!(
+            n.iter().map(|n| n.reason.as_str()).collect::<Vec<_>>(),
+            ["Ready"]
+        );
     }
 
     #[test]
     fn scaling_is_recorded_and_announced() {
-        let scaled = scaling_record(Component::Gateway, 2, 4, "load".into(), &t(5)).expect("change");
+        let scaled =
+            scaling_record(Component::Gateway, 2, 4, "load".into(), &t(5)).expect("change");
         assert!(scaling_record(Component::Logic, 3, 3, "x".into(), &t(5)).is_none());
         let mut i = input(Health::Fine, Some((ready(4, 2), ready(2, 2))), 5);
         i.scaled = vec![scaled.clone()];
@@ -336,7 +371,10 @@ mod tests {
         assert_eq!(s.messages_per_second, Some(12.35));
         assert!(s.is_true(condition_type::PROGRESSING));
         let n = notices(None, &s, &[scaled]);
-        assert!(n.iter().any(|n| n.reason == "Scaled" && n.note.starts_with("gateway 2 -> 4")));
+        assert!(
+            n.iter()
+                .any(|n| n.reason == "Scaled" && n.note.starts_with("gateway 2 -> 4"))
+        );
     }
 
     #[test]

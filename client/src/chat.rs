@@ -1,0 +1,186 @@
+//! A ready-to-use chat client: connect, authenticate, catch up, then receive
+//! messages exactly once and in sequence order, pulling whenever a gap shows.
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use im_proto::client::{C2cSendRequest, ConversationType, DeviceType, Message, SendResponse};
+
+use crate::conn::{ClientError, Connection, Event};
+use crate::tracker::SeqTracker;
+
+/// Where a gateway listens.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// `host:port`
+    Tcp(String),
+    /// `ws://host:port/ws`
+    Ws(String),
+}
+
+impl Endpoint {
+    pub async fn connect(&self) -> Result<Connection, ClientError> {
+        match self {
+            Endpoint::Tcp(a) => Connection::connect_tcp(a).await,
+            Endpoint::Ws(u) => Connection::connect_ws(u).await,
+        }
+    }
+}
+
+pub struct ChatClient {
+    pub conn: Connection,
+    pub user_id: i64,
+    state: Mutex<State>,
+}
+
+struct State {
+    tracker: SeqTracker,
+    ready: VecDeque<Message>,
+    /// Messages this connection sent: already known, not handed out again.
+    sent_here: HashSet<i64>,
+}
+
+/// Page size for catch-up pulls.
+const PULL_PAGE: u32 = 500;
+
+impl ChatClient {
+    /// Connects, authenticates and pulls everything after `last_seq`
+    /// (`None`: start at the newest message, receive only what comes next).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        token: &str,
+        device: DeviceType,
+        last_seq: Option<u64>,
+    ) -> Result<ChatClient, ClientError> {
+        let conn = endpoint.connect().await?;
+        let auth = conn.auth(token, device).await?;
+        let last_seq = last_seq.unwrap_or(auth.max_seq);
+        let client = ChatClient {
+            conn,
+            user_id: auth.user_id,
+            state: Mutex::new(State {
+                tracker: SeqTracker::new(last_seq),
+                ready: VecDeque::new(),
+                sent_here: HashSet::new(),
+            }),
+        };
+        if auth.max_seq > last_seq {
+            client.fill_gap(last_seq).await?;
+        }
+        Ok(client)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Highest contiguous sequence received.
+    pub fn last_seq(&self) -> u64 {
+        self.state().tracker.last()
+    }
+
+    /// Sends a message with an explicit client message id (for retries).
+    pub async fn send_with_id(
+        &self,
+        to: i64,
+        client_msg_id: &str,
+        content_type: u32,
+        body: Bytes,
+    ) -> Result<SendResponse, ClientError> {
+        let req = C2cSendRequest {
+            to,
+            client_msg_id: client_msg_id.to_string(),
+            content_type,
+            body: body.clone(),
+        };
+        let resp = self.conn.send_c2c(req).await?;
+        let own = Message {
+            msg_id: resp.msg_id,
+            seq: resp.seq,
+            conv_type: ConversationType::C2c as i32,
+            from: self.user_id,
+            to,
+            client_msg_id: client_msg_id.to_string(),
+            content_type,
+            body,
+            sent_at_ms: resp.sent_at_ms,
+        };
+        let mut st = self.state();
+        st.sent_here.insert(resp.msg_id);
+        let offered = st.tracker.offer([own]);
+        st.ready.extend(offered.ready);
+        Ok(resp)
+    }
+
+    /// Sends UTF-8 text with a fresh client message id.
+    pub async fn send_text(&self, to: i64, text: &str) -> Result<SendResponse, ClientError> {
+        let id = format!("{:016x}{:08x}", im_proto::now_ms(), rand::random::<u32>());
+        self.send_with_id(to, &id, 1, Bytes::from(text.to_string())).await
+    }
+
+    /// Pulls pages after `after` until the gap is filled.
+    async fn fill_gap(&self, mut after: u64) -> Result<(), ClientError> {
+        loop {
+            let page = self.conn.pull(after, PULL_PAGE).await?;
+            let page_end = page.messages.last().map(|m| m.seq).unwrap_or(after);
+            let mut st = self.state();
+            let offered = st.tracker.offer(page.messages);
+            st.ready.extend(offered.ready);
+            if !page.has_more || page_end <= after {
+                return Ok(());
+            }
+            after = page_end;
+        }
+    }
+
+    /// The next messages in seq order (others' and this user's other
+    /// devices'), waiting up to `wait`. Empty on timeout. Acknowledges them.
+    pub async fn recv(&self, wait: Duration) -> Result<Vec<Message>, ClientError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let out = self.take_ready();
+            if !out.is_empty() {
+                self.conn.ack(self.last_seq()).await?;
+                return Ok(out);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(Vec::new());
+            }
+            match self.conn.next_event_timeout(left).await {
+                Err(ClientError::Timeout) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+                Ok(None) => return Err(ClientError::Closed),
+                Ok(Some(Event::Push(messages))) => {
+                    let gap = {
+                        let mut st = self.state();
+                        let offered = st.tracker.offer(messages);
+                        st.ready.extend(offered.ready);
+                        offered.pull_after
+                    };
+                    if let Some(after) = gap {
+                        self.fill_gap(after).await?;
+                    }
+                }
+                Ok(Some(Event::Kickout(k))) => {
+                    return Err(ClientError::Server {
+                        code: -1,
+                        message: format!("kicked out: {}", k.message),
+                        retryable: false,
+                    });
+                }
+                Ok(Some(Event::Ctrl(_))) | Ok(Some(Event::Error(_))) => {}
+            }
+        }
+    }
+
+    fn take_ready(&self) -> Vec<Message> {
+        let mut st = self.state();
+        let ready: Vec<Message> = st.ready.drain(..).collect();
+        ready
+            .into_iter()
+            .filter(|m| !st.sent_here.remove(&m.msg_id))
+            .collect()
+    }
+}
