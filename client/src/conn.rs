@@ -77,7 +77,8 @@ pub struct Connection {
     closed: Arc<AtomicBool>,
 }
 
-const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Largest frame body accepted from the server (pull pages are capped well below).
+const MAX_BODY: usize = 64 * 1024 * 1024;
 
 impl Connection {
     pub async fn connect_tcp(addr: &str) -> Result<Connection, ClientError> {
@@ -178,13 +179,20 @@ impl Connection {
 
     /// Sends a request and waits for its response body.
     pub async fn request(&self, cmd: Command, body: Vec<u8>) -> Result<Bytes, ClientError> {
+        self.request_code(cmd as u16, Bytes::from(body)).await
+    }
+
+    /// Like [`Self::request`] with a raw command code (unknown codes included).
+    pub async fn request_code(&self, cmd: u16, body: Bytes) -> Result<Bytes, ClientError> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(seq, tx);
-        self.send_raw(Frame::request(cmd, seq, body).to_bytes()).await?;
+        let mut frame = Frame::request(Command::Heartbeat, seq, body);
+        frame.command = cmd;
+        self.send_raw(frame.to_bytes()).await?;
         let frame = match tokio::time::timeout(self.timeout, rx).await {
             Ok(Ok(f)) => f,
             Ok(Err(_)) => return Err(ClientError::Closed),

@@ -13,7 +13,7 @@ use im_common::api::{ApiError, ReplyFuture};
 use im_common::route::Route;
 use im_common::shutdown::CancellationToken;
 use im_proto::client::{
-    Ack, AuthRequest, AuthResponse, C2cSendRequest, ErrorCode, Heartbeat, PullRequest,
+    Ack, AuthRequest, AuthResponse, C2cSendRequest, DeviceType, ErrorCode, Heartbeat, PullRequest,
 };
 use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
 use im_proto::prost::Message as _;
@@ -106,6 +106,9 @@ where
     let Ok(req) = AuthRequest::decode(frame.body.clone()) else {
         return refuse(ApiError::new(ErrorCode::BadFrame, "AUTH body is not an AuthRequest"));
     };
+    if !matches!(DeviceType::try_from(req.device), Ok(d) if d != DeviceType::Unspecified) {
+        return refuse(ApiError::bad_request("AUTH needs a known device type"));
+    }
     // Registered before logic records the route, so no push can miss it.
     gw.conns.insert(handle.conn_id, handle.clone());
     let reply = gw
@@ -157,6 +160,8 @@ where
                 break;
             }
             Some((command, seq, reply)) = inflight.next(), if !inflight.is_empty() => {
+                // A connection waiting on its own requests is not idle.
+                idle.as_mut().reset(Instant::now() + gw.cfg.idle_timeout);
                 if handle.send(reply_frame(command, seq, reply)).is_err() {
                     break;
                 }

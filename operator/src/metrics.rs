@@ -41,6 +41,7 @@ pub struct Metrics {
     reconcile_total: IntCounterVec,
     reconcile_duration: Histogram,
     desired_replicas: IntGaugeVec,
+    ready_replicas: IntGaugeVec,
 }
 
 impl Metrics {
@@ -71,10 +72,19 @@ impl Metrics {
             &["cluster", "component"],
         )
         .map_err(MetricsError)?;
+        let ready_replicas = IntGaugeVec::new(
+            Opts::new(
+                "im_operator_ready_replicas",
+                "Ready replicas last observed per ImCluster and component",
+            ),
+            &["cluster", "component"],
+        )
+        .map_err(MetricsError)?;
         for collector in [
             Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
             Box::new(desired_replicas.clone()),
+            Box::new(ready_replicas.clone()),
         ] {
             registry.register(collector).map_err(MetricsError)?;
         }
@@ -86,6 +96,7 @@ impl Metrics {
             reconcile_total,
             reconcile_duration,
             desired_replicas,
+            ready_replicas,
         })
     }
 
@@ -112,13 +123,20 @@ impl Metrics {
             .set(i64::from(replicas));
     }
 
+    /// Records the ready replicas observed for a component of a cluster.
+    pub fn set_ready(&self, cluster: &str, component: Component, replicas: i32) {
+        self.ready_replicas
+            .with_label_values(&[cluster, component.as_str()])
+            .set(i64::from(replicas));
+    }
+
     /// Forgets a deleted cluster's gauges.
     pub fn forget(&self, cluster: &str) {
         for component in Component::ALL {
             // Absent series are fine to "remove".
-            let _ = self
-                .desired_replicas
-                .remove_label_values(&[cluster, component.as_str()]);
+            for gauge in [&self.desired_replicas, &self.ready_replicas] {
+                let _ = gauge.remove_label_values(&[cluster, component.as_str()]);
+            }
         }
     }
 

@@ -48,7 +48,9 @@ async fn create_applies_every_child_and_writes_status() {
         assert!(!status.is_true(condition_type::DEGRADED));
         api.expect_silence().await;
     });
-    let action = reconcile(Arc::new(imc), ctx.clone()).await.expect("reconcile");
+    let action = reconcile(Arc::new(imc), ctx.clone())
+        .await
+        .expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     finish(server).await;
     assert_eq!(ctx.metrics.reconciles(Outcome::Ok), 1);
@@ -101,10 +103,15 @@ async fn invalid_spec_is_degraded_with_an_event_and_builds_nothing() {
         let degraded = status
             .condition(condition_type::DEGRADED)
             .expect("degraded condition");
-        assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "InvalidSpec"));
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
         api.expect_silence().await;
     });
-    let action = reconcile(Arc::new(imc), ctx.clone()).await.expect("reconcile");
+    let action = reconcile(Arc::new(imc), ctx.clone())
+        .await
+        .expect("reconcile");
     assert_eq!(action, Action::await_change());
     finish(server).await;
     assert_eq!(ctx.metrics.reconciles(Outcome::Invalid), 1);
@@ -116,16 +123,29 @@ async fn api_error_is_reported_and_backs_off_per_object() {
     let imc = Arc::new(cluster());
     let expected = cluster();
     let server = tokio::spawn(async move {
-        api.expect(Method::GET, GATEWAY).await.fail(500, "InternalError");
+        api.expect(Method::GET, GATEWAY)
+            .await
+            .fail(500, "InternalError");
         let event = api.expect_event().await;
-        assert_eq!((event["type"].as_str(), event["reason"].as_str()), (Some("Warning"), Some("ReconcileError")));
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("ReconcileError"))
+        );
         let status = api.expect_status(&expected).await;
-        let degraded = status.condition(condition_type::DEGRADED).expect("degraded");
+        let degraded = status
+            .condition(condition_type::DEGRADED)
+            .expect("degraded");
         assert_eq!(degraded.reason, "ReconcileError");
-        assert!(degraded.message.contains("read Deployment chat-gateway"), "{}", degraded.message);
+        assert!(
+            degraded.message.contains("read Deployment chat-gateway"),
+            "{}",
+            degraded.message
+        );
         api.expect_silence().await;
     });
-    let error = reconcile(imc.clone(), ctx.clone()).await.expect_err("must fail");
+    let error = reconcile(imc.clone(), ctx.clone())
+        .await
+        .expect_err("must fail");
     assert!(matches!(error, Error::Api(_)), "{error}");
     finish(server).await;
     assert_eq!(ctx.metrics.reconciles(Outcome::Error), 1);
@@ -144,7 +164,11 @@ async fn api_error_is_reported_and_backs_off_per_object() {
 
 #[tokio::test]
 async fn scale_up_patches_replicas_and_records_the_decision() {
-    let prom = fake_prometheus(vec![("chat-gateway-a", 4500.0), ("chat-gateway-b", 4500.0)], 150.0).await;
+    let prom = fake_prometheus(
+        vec![("chat-gateway-a", 4500.0), ("chat-gateway-b", 4500.0)],
+        150.0,
+    )
+    .await;
     let (ctx, mut api) = context();
     let mut imc = cluster();
     imc.spec.autoscaling.enabled = true;
@@ -166,7 +190,10 @@ async fn scale_up_patches_replicas_and_records_the_decision() {
         assert!(note.starts_with("gateway 2 -> 6"), "{note}");
         let status = api.expect_status(&expected).await;
         let last = status.last_scaling.expect("decision recorded");
-        assert_eq!((last.component, last.from, last.to), (Component::Gateway, 2, 6));
+        assert_eq!(
+            (last.component, last.from, last.to),
+            (Component::Gateway, 2, 6)
+        );
         assert!(last.reason.contains("max step"), "{}", last.reason);
         assert_eq!(status.connections, Some(9000));
         assert!(status.last_metrics_time.is_some());
@@ -181,7 +208,12 @@ async fn scale_up_patches_replicas_and_records_the_decision() {
 #[tokio::test]
 async fn gateway_scale_down_marks_the_emptiest_pods_first() {
     let prom = fake_prometheus(
-        vec![("gw-busy", 900.0), ("gw-idle", 5.0), ("gw-mid", 400.0), ("gw-empty", 0.0)],
+        vec![
+            ("gw-busy", 900.0),
+            ("gw-idle", 5.0),
+            ("gw-mid", 400.0),
+            ("gw-empty", 0.0),
+        ],
         150.0,
     )
     .await;
@@ -198,30 +230,48 @@ async fn gateway_scale_down_marks_the_emptiest_pods_first() {
         api.expect(Method::GET, LOGIC).await.reply(200, &lg);
         let list = api.expect(Method::GET, "/api/v1/namespaces/im/pods?").await;
         assert!(list.uri.contains("labelSelector="), "{}", list.uri);
-        list.reply(200, &pod_list(&["gw-busy", "gw-idle", "gw-mid", "gw-empty"]));
+        list.reply(
+            200,
+            &pod_list(&["gw-busy", "gw-idle", "gw-mid", "gw-empty"]),
+        );
         let mut costs = Vec::new();
         for _ in 0..4 {
-            let call = api.expect(Method::PATCH, "/api/v1/namespaces/im/pods/").await;
+            let call = api
+                .expect(Method::PATCH, "/api/v1/namespaces/im/pods/")
+                .await;
             let pod = call.uri.trim_start_matches("/api/v1/namespaces/im/pods/");
             let pod = pod.split('?').next().unwrap_or_default().to_string();
-            let cost = call.body["metadata"]["annotations"]
-                ["controller.kubernetes.io/pod-deletion-cost"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let cost =
+                call.body["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
             costs.push((pod, cost));
             call.echo();
         }
         assert_eq!(
             costs,
-            [("gw-empty", "-2"), ("gw-idle", "-1"), ("gw-mid", "400"), ("gw-busy", "900")]
-                .map(|(p, c)| (p.to_string(), c.to_string()))
+            [
+                ("gw-empty", "-2"),
+                ("gw-idle", "-1"),
+                ("gw-mid", "400"),
+                ("gw-busy", "900")
+            ]
+            .map(|(p, c)| (p.to_string(), c.to_string()))
         );
         let applied = api.expect_children_applied().await;
         // 1305 connections / 5000 per pod -> 1, bounded by min 2.
         assert_eq!(applied["Deployment/chat-gateway"]["spec"]["replicas"], 2);
+        // Ready (4 ready >= 2 wanted) comes first, then the scaling.
+        assert_eq!(api.expect_event().await["reason"], "Ready");
         let event = api.expect_event().await;
-        assert!(event["note"].as_str().unwrap_or_default().starts_with("gateway 4 -> 2"));
+        assert_eq!(event["reason"], "Scaled");
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("gateway 4 -> 2")
+        );
         let status = api.expect_status(&expected).await;
         assert_eq!(status.last_scaling.map(|d| d.to), Some(2));
         api.expect_silence().await;

@@ -1,1 +1,331 @@
-//! placeholder
+//! Harness for end-to-end tests: starts the real binaries (`im-server`,
+//! `im-logic`, `im-gateway`) as processes against a real Redis and Postgres,
+//! each test with its own database, Redis key prefix, ports and data dir.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, which
+//! the README's test command does).
+#![forbid(unsafe_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use im_client::{Api, ChatClient, DeviceType, Endpoint};
+
+pub use im_client;
+
+/// Postgres server URL without a database (trust auth as `postgres`).
+pub fn pg_base() -> String {
+    std::env::var("IM_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("IM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A name unique to this test run.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// Path of a workspace binary next to the test executable's target dir.
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/debug/deps/test-xxxx -> target/debug/
+    let dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .context("cannot locate the target directory")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: run `cargo build --workspace --bins` first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    program: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, program: PathBuf, args: &[String], envs: &[(String, String)]) -> anyhow::Result<Proc> {
+        let child = Self::start(&program, args, envs)?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            args: args.to_vec(),
+            envs: envs.to_vec(),
+            program,
+        })
+    }
+
+    fn start(program: &PathBuf, args: &[String], envs: &[(String, String)]) -> anyhow::Result<Child> {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("IM_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.spawn()
+            .with_context(|| format!("failed to start {}", program.display()))
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same command again (after [`Self::kill9`]).
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill9();
+        self.child = Self::start(&self.program, &self.args, &self.envs)?;
+        Ok(())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until `url` answers 200.
+pub async fn wait_http_ok(url: &str, within: Duration) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = client.get(url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not become ready within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One `im-server` process on SQLite in a temp dir.
+pub struct SingleNode {
+    pub proc: Proc,
+    pub tcp: String,
+    pub http: String,
+    pub jwt_secret: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SingleNode {
+    pub async fn start(extra: &[&str]) -> anyhow::Result<SingleNode> {
+        let dir = tempfile::tempdir()?;
+        let tcp = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
+        let jwt_secret = format!("test-secret-{}", unique("jwt"));
+        let mut args: Vec<String> = vec![
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--tcp-addr".into(),
+            tcp.clone(),
+            "--http-addr".into(),
+            http.clone(),
+            "--jwt-secret".into(),
+            jwt_secret.clone(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn("im-server", bin("im-server")?, &args, &[])?;
+        wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(30)).await?;
+        Ok(SingleNode {
+            proc,
+            tcp,
+            http,
+            jwt_secret,
+            _dir: dir,
+        })
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&format!("http://{}", self.http)).expect("api client")
+    }
+
+    pub fn tcp_endpoint(&self) -> Endpoint {
+        Endpoint::Tcp(self.tcp.clone())
+    }
+
+    pub fn ws_endpoint(&self) -> Endpoint {
+        Endpoint::Ws(format!("ws://{}/ws", self.http))
+    }
+}
+
+/// Gateways and logic processes on a fresh Postgres database and Redis prefix.
+pub struct Cluster {
+    pub logic: Vec<Proc>,
+    pub gateways: Vec<Proc>,
+    pub logic_http: Vec<String>,
+    pub gateway_tcp: Vec<String>,
+    pub gateway_http: Vec<String>,
+    pub database_url: String,
+    pub redis_prefix: String,
+}
+
+const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
+
+impl Cluster {
+    pub async fn start(gateways: usize, logics: usize) -> anyhow::Result<Cluster> {
+        let database_url = format!("{}/{}", pg_base(), unique("im_test"));
+        let redis_prefix = format!("{}:", unique("imtest"));
+        let common_env = vec![
+            ("IM_DATABASE_URL".to_string(), database_url.clone()),
+            ("IM_REDIS_URL".to_string(), redis_url()),
+            ("IM_REDIS_PREFIX".to_string(), redis_prefix.clone()),
+            ("IM_JWT_SECRET".to_string(), CLUSTER_SECRET.to_string()),
+        ];
+        // Migrate once, before several processes start.
+        let status = Command::new(bin("im-logic")?)
+            .arg("migrate")
+            .envs(common_env.iter().cloned())
+            .env("RUST_LOG", "warn")
+            .status()
+            .context("failed to run im-logic migrate")?;
+        if !status.success() {
+            bail!("im-logic migrate failed (is Postgres running at {}?)", pg_base());
+        }
+        let mut cluster = Cluster {
+            logic: Vec::new(),
+            gateways: Vec::new(),
+            logic_http: Vec::new(),
+            gateway_tcp: Vec::new(),
+            gateway_http: Vec::new(),
+            database_url,
+            redis_prefix,
+        };
+        let mut logic_grpc = Vec::new();
+        for i in 0..logics {
+            let http = format!("127.0.0.1:{}", free_port());
+            let grpc = format!("127.0.0.1:{}", free_port());
+            let mut env = common_env.clone();
+            env.push(("IM_HTTP_ADDR".into(), http.clone()));
+            env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
+            cluster
+                .logic
+                .push(Proc::spawn(&format!("logic-{i}"), bin("im-logic")?, &[], &env)?);
+            cluster.logic_http.push(http);
+            logic_grpc.push(format!("http://{grpc}"));
+        }
+        for http in &cluster.logic_http {
+            wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(30)).await?;
+        }
+        for i in 0..gateways {
+            let tcp = format!("127.0.0.1:{}", free_port());
+            let http = format!("127.0.0.1:{}", free_port());
+            let grpc = format!("127.0.0.1:{}", free_port());
+            let mut env = common_env.clone();
+            env.push(("IM_TCP_ADDR".into(), tcp.clone()));
+            env.push(("IM_HTTP_ADDR".into(), http.clone()));
+            env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
+            env.push(("IM_GATE_ID".into(), format!("gw-{i}")));
+            env.push(("IM_LOGIC_ADDRS".into(), logic_grpc.join(",")));
+            env.push(("IM_DRAIN_SECS".into(), "1".into()));
+            cluster
+                .gateways
+                .push(Proc::spawn(&format!("gateway-{i}"), bin("im-gateway")?, &[], &env)?);
+            cluster.gateway_tcp.push(tcp);
+            cluster.gateway_http.push(http);
+        }
+        for http in &cluster.gateway_http {
+            wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(30)).await?;
+        }
+        Ok(cluster)
+    }
+
+    /// REST of logic process `i`.
+    pub fn api(&self, i: usize) -> Api {
+        Api::new(&format!("http://{}", self.logic_http[i % self.logic_http.len()])).expect("api client")
+    }
+
+    pub fn tcp_endpoint(&self, i: usize) -> Endpoint {
+        Endpoint::Tcp(self.gateway_tcp[i % self.gateway_tcp.len()].clone())
+    }
+
+    pub fn ws_endpoint(&self, i: usize) -> Endpoint {
+        Endpoint::Ws(format!("ws://{}/ws", self.gateway_http[i % self.gateway_http.len()]))
+    }
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub name: String,
+    pub id: i64,
+    pub token: String,
+}
+
+pub async fn new_user(api: &Api, name: &str) -> anyhow::Result<TestUser> {
+    let id = api.register(name, "password1").await?;
+    let token = api.login(name, "password1").await?.token;
+    Ok(TestUser {
+        name: name.to_string(),
+        id,
+        token,
+    })
+}
+
+/// Connects `user` as a desktop device, receiving only what comes next.
+pub async fn online(endpoint: &Endpoint, user: &TestUser) -> anyhow::Result<ChatClient> {
+    Ok(ChatClient::connect(endpoint, &user.token, DeviceType::Desktop, None).await?)
+}
+
+/// Receives until `n` messages arrived or `within` passed.
+pub async fn recv_n(
+    client: &ChatClient,
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<im_proto::client::Message>> {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    while got.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        got.extend(client.recv(left).await?);
+    }
+    Ok(got)
+}
+
+/// Asserts seqs strictly ascend by one (no gap, no duplicate).
+pub fn assert_contiguous(messages: &[im_proto::client::Message], first: u64) {
+    for (i, m) in messages.iter().enumerate() {
+        assert_eq!(m.seq, first + i as u64, "gap or duplicate at position {i}");
+    }
+}

@@ -10,6 +10,9 @@ use sqlx::any::AnyRow;
 use super::sql::{self, MAX_ROWS_PER_INSERT};
 use super::{Store, StoreError};
 
+/// A pull page stops growing once its bodies pass this many bytes.
+pub const MAX_PULL_BYTES: usize = 1024 * 1024;
+
 /// A message to store, with every user (other than the sender) whose inbox gets it.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -274,12 +277,18 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let has_more = rows.len() > limit as usize;
-        let messages = rows
-            .iter()
-            .take(limit as usize)
-            .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut messages = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut bytes = 0usize;
+        for row in rows.iter().take(limit as usize) {
+            // Keep a page well under any client's frame limit.
+            if !messages.is_empty() && bytes >= MAX_PULL_BYTES {
+                break;
+            }
+            let m = message_from_row(row)?;
+            bytes += m.body.len() + m.client_msg_id.len() + 64;
+            messages.push(m);
+        }
+        let has_more = rows.len() > messages.len();
         Ok((messages, has_more))
     }
 }

@@ -264,6 +264,16 @@ async fn reconcile_inner(imc: &ImCluster, ctx: &Context) -> Result<(Action, Outc
         status::observe(gateway.as_ref(), plan.replicas.gateway),
         status::observe(logic.as_ref(), plan.replicas.logic),
     );
+    ctx.metrics.set_ready(
+        &key(imc),
+        Component::Gateway,
+        observed.0.replicas.ready_replicas,
+    );
+    ctx.metrics.set_ready(
+        &key(imc),
+        Component::Logic,
+        observed.1.replicas.ready_replicas,
+    );
     let next = status::next_status(
         old,
         StatusInput {
