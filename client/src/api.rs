@@ -34,9 +34,15 @@ impl Api {
     }
 
     async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
-        let resp = req.send().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| ClientError::Http(e.to_string()))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
         let body: Value = if text.is_empty() {
             Value::Null
         } else {
@@ -117,11 +123,19 @@ impl Api {
     }
 
     /// One page of the inbox after `after_seq`, as JSON.
-    pub async fn pull(&self, token: &str, after_seq: u64, limit: u32) -> Result<Value, ClientError> {
+    pub async fn pull(
+        &self,
+        token: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Value, ClientError> {
         self.call(
             self.http
                 .get(format!("{}/api/v1/messages", self.base))
-                .query(&[("after_seq", after_seq.to_string()), ("limit", limit.to_string())])
+                .query(&[
+                    ("after_seq", after_seq.to_string()),
+                    ("limit", limit.to_string()),
+                ])
                 .bearer_auth(token),
         )
         .await

@@ -116,7 +116,8 @@ impl ChatClient {
     /// Sends UTF-8 text with a fresh client message id.
     pub async fn send_text(&self, to: i64, text: &str) -> Result<SendResponse, ClientError> {
         let id = format!("{:016x}{:08x}", im_proto::now_ms(), rand::random::<u32>());
-        self.send_with_id(to, &id, 1, Bytes::from(text.to_string())).await
+        self.send_with_id(to, &id, 1, Bytes::from(text.to_string()))
+            .await
     }
 
     /// Pulls pages after `after` until the gap is filled.

@@ -105,7 +105,9 @@ impl Connection {
                 Ok(_) => None,
             }
         });
-        let sink = sink.with(|b: Bytes| async move { Ok::<_, tokio_tungstenite::tungstenite::Error>(WsMessage::Binary(b)) });
+        let sink = sink.with(|b: Bytes| async move {
+            Ok::<_, tokio_tungstenite::tungstenite::Error>(WsMessage::Binary(b))
+        });
         Ok(Self::spawn(Box::pin(frames), Box::pin(sink)))
     }
 
@@ -139,23 +141,30 @@ impl Connection {
         tokio::spawn(async move {
             while let Some(Ok(frame)) = frames.next().await {
                 if frame.flags.is_response() && frame.seq != 0 {
-                    let waiter = p.lock().unwrap_or_else(|e| e.into_inner()).remove(&frame.seq);
+                    let waiter = p
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&frame.seq);
                     if let Some(w) = waiter {
                         let _ = w.send(frame);
                     }
                     continue;
                 }
                 let event = match frame.command() {
-                    _ if frame.flags.is_error() => ErrorBody::decode(frame.body).ok().map(Event::Error),
-                    Some(Command::Push) => Push::decode(frame.body).ok().map(|p| Event::Push(p.messages)),
+                    _ if frame.flags.is_error() => {
+                        ErrorBody::decode(frame.body).ok().map(Event::Error)
+                    }
+                    Some(Command::Push) => Push::decode(frame.body)
+                        .ok()
+                        .map(|p| Event::Push(p.messages)),
                     Some(Command::Kickout) => Kickout::decode(frame.body).ok().map(Event::Kickout),
                     Some(Command::Ctrl) => Ctrl::decode(frame.body).ok().map(Event::Ctrl),
                     _ => None,
                 };
-                if let Some(e) = event {
-                    if ev_tx.send(e).await.is_err() {
-                        break;
-                    }
+                if let Some(e) = event
+                    && ev_tx.send(e).await.is_err()
+                {
+                    break;
                 }
             }
             // Fail every waiting request.
@@ -197,7 +206,10 @@ impl Connection {
             Ok(Ok(f)) => f,
             Ok(Err(_)) => return Err(ClientError::Closed),
             Err(_) => {
-                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&seq);
                 return Err(ClientError::Timeout);
             }
         };
@@ -218,20 +230,28 @@ impl Connection {
             device: device as i32,
             device_id: String::new(),
         };
-        Ok(AuthResponse::decode(self.request(Command::Auth, body.encode_to_vec()).await?)?)
+        Ok(AuthResponse::decode(
+            self.request(Command::Auth, body.encode_to_vec()).await?,
+        )?)
     }
 
     pub async fn send_c2c(&self, req: C2cSendRequest) -> Result<SendResponse, ClientError> {
-        Ok(SendResponse::decode(self.request(Command::C2cSend, req.encode_to_vec()).await?)?)
+        Ok(SendResponse::decode(
+            self.request(Command::C2cSend, req.encode_to_vec()).await?,
+        )?)
     }
 
     pub async fn pull(&self, after_seq: u64, limit: u32) -> Result<PullResponse, ClientError> {
         let body = PullRequest { after_seq, limit };
-        Ok(PullResponse::decode(self.request(Command::Pull, body.encode_to_vec()).await?)?)
+        Ok(PullResponse::decode(
+            self.request(Command::Pull, body.encode_to_vec()).await?,
+        )?)
     }
 
     pub async fn heartbeat(&self) -> Result<Heartbeat, ClientError> {
-        Ok(Heartbeat::decode(self.request(Command::Heartbeat, Vec::new()).await?)?)
+        Ok(Heartbeat::decode(
+            self.request(Command::Heartbeat, Vec::new()).await?,
+        )?)
     }
 
     /// Cumulative acknowledgement: this device has everything up to `seq`.
@@ -261,7 +281,9 @@ impl Connection {
 
 /// Bytes of a frame header claiming `len` body bytes (for bad-input tests).
 pub fn raw_header(command: u16, seq: u32, len: u32) -> Bytes {
-    let mut f = Frame::request(Command::Heartbeat, seq, Bytes::new()).to_bytes().to_vec();
+    let mut f = Frame::request(Command::Heartbeat, seq, Bytes::new())
+        .to_bytes()
+        .to_vec();
     f[4..6].copy_from_slice(&command.to_be_bytes());
     f[12..16].copy_from_slice(&len.to_be_bytes());
     debug_assert_eq!(f.len(), HEADER_LEN);

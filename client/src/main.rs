@@ -13,10 +13,20 @@ use tokio::io::AsyncBufReadExt;
 #[command(name = "imctl", version, about = "Chat with and inspect an IM server")]
 struct Cli {
     /// REST base URL.
-    #[arg(long, env = "IMCTL_HTTP", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "IMCTL_HTTP",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     http: String,
     /// Gateway TCP address.
-    #[arg(long, env = "IMCTL_TCP", default_value = "127.0.0.1:7000", global = true)]
+    #[arg(
+        long,
+        env = "IMCTL_TCP",
+        default_value = "127.0.0.1:7000",
+        global = true
+    )]
     tcp: String,
     /// Use WebSocket at this URL (e.g. ws://127.0.0.1:8080/ws) instead of TCP.
     #[arg(long, env = "IMCTL_WS", global = true)]
@@ -121,14 +131,23 @@ impl Names {
         if let Some(n) = self.cache.get(&id) {
             return n.clone();
         }
-        let n = self.api.username(&self.token, id).await.unwrap_or_else(|_| format!("user#{id}"));
+        let n = self
+            .api
+            .username(&self.token, id)
+            .await
+            .unwrap_or_else(|_| format!("user#{id}"));
         self.cache.insert(id, n.clone());
         n
     }
 
     async fn line(&mut self, m: &Message) -> String {
         let from = self.of(m.from).await;
-        format!("[seq {}] {}: {}", m.seq, from, String::from_utf8_lossy(&m.body))
+        format!(
+            "[seq {}] {}: {}",
+            m.seq,
+            from,
+            String::from_utf8_lossy(&m.body)
+        )
     }
 }
 
@@ -151,24 +170,45 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Send { who, to, text, id } => {
             let token = api.login(&who.user, &who.password).await?.token;
-            let to_id = api.user_id(&token, &to).await.with_context(|| format!("unknown user {to}"))?;
+            let to_id = api
+                .user_id(&token, &to)
+                .await
+                .with_context(|| format!("unknown user {to}"))?;
             let client = ChatClient::connect(&endpoint, &token, device, None).await?;
             let text = text.join(" ");
             let resp = match id {
-                Some(id) => client.send_with_id(to_id, &id, 1, text.into_bytes().into()).await?,
+                Some(id) => {
+                    client
+                        .send_with_id(to_id, &id, 1, text.into_bytes().into())
+                        .await?
+                }
                 None => client.send_text(to_id, &text).await?,
             };
             println!(
                 "sent: msg_id {} seq {}{}",
                 resp.msg_id,
                 resp.seq,
-                if resp.duplicate { " (duplicate of an earlier send)" } else { "" }
+                if resp.duplicate {
+                    " (duplicate of an earlier send)"
+                } else {
+                    ""
+                }
             );
         }
-        Cmd::Listen { who, after, count, timeout_secs, json } => {
+        Cmd::Listen {
+            who,
+            after,
+            count,
+            timeout_secs,
+            json,
+        } => {
             let token = api.login(&who.user, &who.password).await?.token;
             let client = ChatClient::connect(&endpoint, &token, device, after).await?;
-            let mut names = Names { api: api.clone(), token, cache: HashMap::new() };
+            let mut names = Names {
+                api: api.clone(),
+                token,
+                cache: HashMap::new(),
+            };
             let mut seen = 0usize;
             let wait = Duration::from_secs(timeout_secs.unwrap_or(u64::MAX / 4));
             eprintln!("listening as {} (Ctrl-C to stop)", who.user);
@@ -199,10 +239,19 @@ async fn main() -> anyhow::Result<()> {
         Cmd::History { who, after, limit } => {
             let token = api.login(&who.user, &who.password).await?.token;
             let page = api.pull(&token, after, limit).await?;
-            let mut names = Names { api: api.clone(), token, cache: HashMap::new() };
+            let mut names = Names {
+                api: api.clone(),
+                token,
+                cache: HashMap::new(),
+            };
             for m in page["messages"].as_array().into_iter().flatten() {
                 let from = names.of(m["from"].as_i64().unwrap_or(0)).await;
-                println!("[seq {}] {}: {}", m["seq"], from, m["body"].as_str().unwrap_or(""));
+                println!(
+                    "[seq {}] {}: {}",
+                    m["seq"],
+                    from,
+                    m["body"].as_str().unwrap_or("")
+                );
             }
             if page["has_more"].as_bool() == Some(true) {
                 println!("(more after this; use --after)");
@@ -214,9 +263,17 @@ async fn main() -> anyhow::Result<()> {
                 Ok(id) => id,
                 Err(e) => bail!("unknown user {peer}: {e}"),
             };
-            let client = std::sync::Arc::new(ChatClient::connect(&endpoint, &token, device, None).await?);
-            let mut names = Names { api: api.clone(), token, cache: HashMap::new() };
-            eprintln!("chatting with {peer} as {}; type a line and press Enter (Ctrl-D to quit)", who.user);
+            let client =
+                std::sync::Arc::new(ChatClient::connect(&endpoint, &token, device, None).await?);
+            let mut names = Names {
+                api: api.clone(),
+                token,
+                cache: HashMap::new(),
+            };
+            eprintln!(
+                "chatting with {peer} as {}; type a line and press Enter (Ctrl-D to quit)",
+                who.user
+            );
             let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
             loop {
                 tokio::select! {

@@ -54,8 +54,12 @@ pub trait RouteTable: Send + Sync + 'static {
     /// Registers (or renews) a gateway for `ttl`. Returns whether the
     /// registration was still there: `false` after an expiry or a Redis restart,
     /// when the gateway must record its live sessions again.
-    async fn register_gate(&self, gate_id: &str, addr: &str, ttl: Duration)
-    -> Result<bool, RouteError>;
+    async fn register_gate(
+        &self,
+        gate_id: &str,
+        addr: &str,
+        ttl: Duration,
+    ) -> Result<bool, RouteError>;
     /// Address of a registered gateway.
     async fn gate_addr(&self, gate_id: &str) -> Result<Option<String>, RouteError>;
     async fn unregister_gate(&self, gate_id: &str) -> Result<(), RouteError>;
@@ -335,10 +339,8 @@ impl RouteTable for RedisRouteTable {
             return Ok(HashMap::new());
         }
         let keys: Vec<String> = gates.iter().map(|g| self.gate_key(g)).collect();
-        let addrs: Vec<Option<String>> = redis::cmd("MGET")
-            .arg(&keys)
-            .query_async(&mut conn)
-            .await?;
+        let addrs: Vec<Option<String>> =
+            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
         let live: HashMap<&str, String> = gates
             .iter()
             .zip(addrs)
@@ -407,10 +409,7 @@ mod tests {
         assert!(!table.remove_route(7, &route(1, "g1", 11)).await.unwrap());
         assert!(table.remove_route(7, &route(1, "g1", 12)).await.unwrap());
         table.unregister_gate("g1").await.unwrap();
-        table
-            .set_routes(&[(9, route(3, "g1", 1))])
-            .await
-            .unwrap();
+        table.set_routes(&[(9, route(3, "g1", 1))]).await.unwrap();
         assert!(table.lookup(&[7, 9]).await.unwrap().is_empty());
     }
 
@@ -422,7 +421,9 @@ mod tests {
     #[tokio::test]
     async fn memory_gate_expires() {
         let t = MemoryRouteTable::new();
-        t.register_gate("g", "a", Duration::from_millis(1)).await.unwrap();
+        t.register_gate("g", "a", Duration::from_millis(1))
+            .await
+            .unwrap();
         t.set_route(1, &route(1, "g", 1)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
         assert!(t.lookup(&[1]).await.unwrap().is_empty());

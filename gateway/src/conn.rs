@@ -76,7 +76,10 @@ impl ConnHandle {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.close.is_cancelled() {
                     metrics::SLOW_CONSUMERS.inc();
-                    tracing::info!(conn = self.conn_id, "outbound queue full; closing slow consumer");
+                    tracing::info!(
+                        conn = self.conn_id,
+                        "outbound queue full; closing slow consumer"
+                    );
                 }
                 self.close.cancel();
                 Err(QueueError::SlowConsumer)
@@ -119,7 +122,10 @@ mod tests {
         let (h, _rx) = ConnHandle::new(1, 2);
         assert!(h.send(Bytes::from_static(b"a")).is_ok());
         assert!(h.send(Bytes::from_static(b"b")).is_ok());
-        assert_eq!(h.send(Bytes::from_static(b"c")), Err(QueueError::SlowConsumer));
+        assert_eq!(
+            h.send(Bytes::from_static(b"c")),
+            Err(QueueError::SlowConsumer)
+        );
         assert!(h.close_token().is_cancelled());
     }
 

@@ -155,7 +155,11 @@ impl Gateway {
         loop {
             match self
                 .routes
-                .register_gate(&self.cfg.gate_id, &self.cfg.advertise_addr, self.cfg.registration_ttl)
+                .register_gate(
+                    &self.cfg.gate_id,
+                    &self.cfg.advertise_addr,
+                    self.cfg.registration_ttl,
+                )
                 .await
             {
                 Ok(was_present) => {
@@ -182,7 +186,10 @@ impl Gateway {
             .iter()
             .filter_map(|h| h.identity().map(|id| (id.user_id, id.route.clone())))
             .collect();
-        tracing::info!(sessions = routes.len(), "registration had lapsed; recording sessions again");
+        tracing::info!(
+            sessions = routes.len(),
+            "registration had lapsed; recording sessions again"
+        );
         if let Err(e) = self.routes.set_routes(&routes).await {
             tracing::warn!(error = %e, "failed to record sessions again");
         }
@@ -200,7 +207,16 @@ impl Gateway {
         let window = self.cfg.drain_window.as_millis() as u64;
         let mut plan: Vec<(u64, Arc<ConnHandle>)> = conns
             .into_iter()
-            .map(|h| (if window == 0 { 0 } else { rand::random_range(0..window) }, h))
+            .map(|h| {
+                (
+                    if window == 0 {
+                        0
+                    } else {
+                        rand::random_range(0..window)
+                    },
+                    h,
+                )
+            })
             .collect();
         plan.sort_by_key(|(at, _)| *at);
         let start = tokio::time::Instant::now();

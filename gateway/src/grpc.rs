@@ -76,7 +76,9 @@ impl GrpcLogic {
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         if endpoints.is_empty() {
-            return Err(ApiError::bad_request("at least one logic address is needed"));
+            return Err(ApiError::bad_request(
+                "at least one logic address is needed",
+            ));
         }
         Ok(GrpcLogic {
             endpoints,

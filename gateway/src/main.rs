@@ -30,7 +30,12 @@ struct Cli {
     #[arg(long, env = "IM_GATE_ID")]
     gate_id: Option<String>,
     /// Logic gRPC endpoints, comma-separated.
-    #[arg(long, env = "IM_LOGIC_ADDRS", value_delimiter = ',', default_value = "http://127.0.0.1:9000")]
+    #[arg(
+        long,
+        env = "IM_LOGIC_ADDRS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:9000"
+    )]
     logic_addrs: Vec<String>,
     #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
@@ -80,9 +85,12 @@ async fn main() -> anyhow::Result<()> {
     let app = ws::router(gw.clone()).merge(admin_router(readiness.clone()));
     let http_stop = servers_stop.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { http_stop.cancelled().await })
-            .await
+        axum::serve(
+            http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { http_stop.cancelled().await })
+        .await
     });
     let grpc_stop = servers_stop.clone();
     let grpc_task = tokio::spawn(

@@ -8,8 +8,11 @@ use prometheus::{
 
 // Registration fails only on a duplicate name, a start-up invariant.
 pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("im_gateway_connections", "Current authenticated connections")
-        .expect("register im_gateway_connections")
+    register_int_gauge!(
+        "im_gateway_connections",
+        "Current authenticated connections"
+    )
+    .expect("register im_gateway_connections")
 });
 
 pub static ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {

@@ -1,7 +1,7 @@
 //! One client connection from accept to close, whatever the transport: auth
 //! handshake under a timeout, then frames in order, replies as logic answers.
-use std::future::Future;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +62,11 @@ where
         serve(&gw, &handle, &identity, &mut frames).await;
         metrics::CONNECTIONS.dec();
         gw.conns.remove(&conn_id);
-        if let Err(e) = gw.routes.remove_route(identity.user_id, &identity.route).await {
+        if let Err(e) = gw
+            .routes
+            .remove_route(identity.user_id, &identity.route)
+            .await
+        {
             tracing::warn!(error = %e, "failed to remove route");
         }
     } else {
@@ -84,7 +88,10 @@ where
     };
     let frame = match first {
         Err(_) => {
-            let e = ApiError::new(ErrorCode::AuthTimeout, "no AUTH frame within the auth timeout");
+            let e = ApiError::new(
+                ErrorCode::AuthTimeout,
+                "no AUTH frame within the auth timeout",
+            );
             let _ = handle.send(error_frame(Command::Auth as u16, 0, &e));
             return None;
         }
@@ -101,10 +108,16 @@ where
         None
     };
     if frame.command() != Some(Command::Auth) {
-        return refuse(ApiError::new(ErrorCode::Unauthenticated, "the first frame must be AUTH"));
+        return refuse(ApiError::new(
+            ErrorCode::Unauthenticated,
+            "the first frame must be AUTH",
+        ));
     }
     let Ok(req) = AuthRequest::decode(frame.body.clone()) else {
-        return refuse(ApiError::new(ErrorCode::BadFrame, "AUTH body is not an AuthRequest"));
+        return refuse(ApiError::new(
+            ErrorCode::BadFrame,
+            "AUTH body is not an AuthRequest",
+        ));
     };
     if !matches!(DeviceType::try_from(req.device), Ok(d) if d != DeviceType::Unspecified) {
         return refuse(ApiError::bad_request("AUTH needs a known device type"));
@@ -245,11 +258,18 @@ async fn handle_frame(gw: &Gateway, handle: &ConnHandle, id: &Identity, frame: F
                 &ApiError::bad_request("already authenticated"),
             ));
         }
-        Some(Command::C2gSend) | Some(Command::Push) | Some(Command::Kickout) | Some(Command::Ctrl) | None => {
+        Some(Command::C2gSend)
+        | Some(Command::Push)
+        | Some(Command::Kickout)
+        | Some(Command::Ctrl)
+        | None => {
             return Step::Reply(error_frame(
                 cmd,
                 seq,
-                &ApiError::new(ErrorCode::UnknownCommand, format!("command {cmd:#06x} is not accepted from clients")),
+                &ApiError::new(
+                    ErrorCode::UnknownCommand,
+                    format!("command {cmd:#06x} is not accepted from clients"),
+                ),
             ));
         }
     };

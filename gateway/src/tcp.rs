@@ -2,8 +2,8 @@
 //! codec, and hands each connection to the session.
 use std::sync::Arc;
 
-use futures::SinkExt;
 use bytes::Bytes;
+use futures::SinkExt;
 use im_proto::{FrameCodec, FrameError};
 use tokio::net::TcpListener;
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -38,9 +38,10 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
             let codec = FrameCodec::new(gw.cfg.max_body);
             let (r, w) = stream.into_split();
             let frames = FramedRead::new(r, codec);
-            let sink = SinkExt::<Bytes>::sink_map_err(FramedWrite::new(w, codec), |e: FrameError| {
-                e.to_string()
-            });
+            let sink =
+                SinkExt::<Bytes>::sink_map_err(FramedWrite::new(w, codec), |e: FrameError| {
+                    e.to_string()
+                });
             session::run(gw, frames, sink, peer.to_string()).await;
             drop(permit);
         });

@@ -43,6 +43,9 @@ impl LogicArgs {
         if secret.len() < 16 {
             return Err("the JWT secret must be at least 16 bytes".into());
         }
-        Ok(TokenKeys::new(secret.as_bytes(), self.token_ttl_secs.max(60)))
+        Ok(TokenKeys::new(
+            secret.as_bytes(),
+            self.token_ttl_secs.max(60),
+        ))
     }
 }

@@ -38,7 +38,12 @@ impl Committer {
         let shards = (0..cfg.shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-                tokio::spawn(run_shard(rx, store.clone(), pusher.clone(), cfg.max_batch.max(1)));
+                tokio::spawn(run_shard(
+                    rx,
+                    store.clone(),
+                    pusher.clone(),
+                    cfg.max_batch.max(1),
+                ));
                 tx
             })
             .collect();
@@ -64,10 +69,8 @@ impl Committer {
 async fn run_shard(mut rx: mpsc::Receiver<Job>, store: Store, pusher: Pusher, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        let (items, tails): (Vec<NewMessage>, Vec<_>) = jobs
-            .drain(..)
-            .map(|j| (j.msg, (j.origin, j.reply)))
-            .unzip();
+        let (items, tails): (Vec<NewMessage>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.msg, (j.origin, j.reply))).unzip();
         let started = Instant::now();
         match store.commit_batch(&items, im_proto::now_ms()).await {
             Ok(outcome) => {

@@ -56,7 +56,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     im_common::telemetry::init_tracing(cli.log_json);
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "im-logic starting");
-    let tokens = cli.logic.token_keys(&cli.jwt_secret).map_err(anyhow::Error::msg)?;
+    let tokens = cli
+        .logic
+        .token_keys(&cli.jwt_secret)
+        .map_err(anyhow::Error::msg)?;
 
     let store = Store::connect(&cli.database_url, cli.logic.db_max_connections)
         .await
@@ -71,7 +74,9 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("failed to connect to Redis")?,
     );
-    let cfg = cli.logic.config(cli.max_body, store.backend() == Backend::Sqlite);
+    let cfg = cli
+        .logic
+        .config(cli.max_body, store.backend() == Backend::Sqlite);
     let svc = LogicService::new(store, tokens, routes, Arc::new(GatewayPool::new()), cfg);
 
     let readiness = Readiness::default();

@@ -37,7 +37,8 @@ pub fn plan_pushes(
         let excluded = origin.as_ref().filter(|_| d.user == d.message.from);
         let mut by_gate: HashMap<&str, Vec<u64>> = HashMap::new();
         for r in live {
-            if excluded.is_some_and(|o| o.gate_id == r.route.gate_id && o.conn_id == r.route.conn_id)
+            if excluded
+                .is_some_and(|o| o.gate_id == r.route.gate_id && o.conn_id == r.route.conn_id)
             {
                 continue;
             }
@@ -48,11 +49,7 @@ pub fn plan_pushes(
         }
         for (addr, mut conns) in by_gate {
             conns.sort_unstable();
-            let key = (
-                addr.to_string(),
-                d.user,
-                excluded.map(|o| o.conn_id),
-            );
+            let key = (addr.to_string(), d.user, excluded.map(|o| o.conn_id));
             let batch = batches.entry(addr.to_string()).or_default();
             match slots.get(&key) {
                 Some(&i) => batch.items[i].messages.push(d.message.clone()),
@@ -170,7 +167,11 @@ mod tests {
         assert_eq!(a.items.len(), 1);
         assert_eq!(a.items[0].conn_ids, vec![30]);
         assert_eq!(
-            a.items[0].messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            a.items[0]
+                .messages
+                .iter()
+                .map(|m| m.seq)
+                .collect::<Vec<_>>(),
             vec![7, 8]
         );
         let b = &plans["addr-b"];

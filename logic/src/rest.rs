@@ -65,7 +65,11 @@ impl From<ApiError> for RestError {
 impl From<StoreError> for RestError {
     fn from(e: StoreError) -> Self {
         tracing::warn!(error = %e, "storage error in REST handler");
-        RestError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "storage unavailable; retry")
+        RestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "storage unavailable; retry",
+        )
     }
 }
 
@@ -93,8 +97,7 @@ struct Credentials {
 
 fn validate_credentials(c: &Credentials) -> Result<(), RestError> {
     let ok_name = (3..=32).contains(&c.username.len())
-        && c
-            .username
+        && c.username
             .chars()
             .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-'));
     if !ok_name {
@@ -128,8 +131,16 @@ async fn register(
         let password = c.password.clone();
         let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
             .await
-            .map_err(|_| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "hashing failed"))?
-            .map_err(|e| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
+            .map_err(|_| {
+                RestError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "INTERNAL",
+                    "hashing failed",
+                )
+            })?
+            .map_err(|e| {
+                RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+            })?;
         let id = svc
             .store
             .create_user(&c.username, &hash, im_proto::now_ms() as i64)
@@ -161,7 +172,13 @@ async fn login(
     Json(c): Json<Credentials>,
 ) -> Result<Json<LoginResponse>, RestError> {
     let r = async {
-        let bad = || RestError::new(StatusCode::UNAUTHORIZED, "BAD_CREDENTIALS", "wrong username or password");
+        let bad = || {
+            RestError::new(
+                StatusCode::UNAUTHORIZED,
+                "BAD_CREDENTIALS",
+                "wrong username or password",
+            )
+        };
         let user = svc.store.user_by_name(&c.username).await?.ok_or_else(bad)?;
         let hash = user.password_hash.clone();
         let password = c.password;
@@ -174,7 +191,9 @@ async fn login(
         let (token, claims) = svc
             .tokens
             .issue(user.id, im_proto::now_ms() / 1000)
-            .map_err(|e| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()))?;
+            .map_err(|e| {
+                RestError::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())
+            })?;
         Ok(Json(LoginResponse {
             token,
             user_id: user.id,
@@ -190,14 +209,22 @@ async fn bearer(svc: &LogicService, headers: &HeaderMap) -> Result<Claims, RestE
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| RestError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", "missing bearer token"))?;
+        .ok_or_else(|| {
+            RestError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHENTICATED",
+                "missing bearer token",
+            )
+        })?;
     Ok(svc.verify_token(token).await?)
 }
 
 async fn logout(State(svc): State<AppState>, headers: HeaderMap) -> Result<StatusCode, RestError> {
     let r = async {
         let claims = bearer(&svc, &headers).await?;
-        svc.store.revoke_token(&claims.jti, claims.exp as i64 * 1000).await?;
+        svc.store
+            .revoke_token(&claims.jti, claims.exp as i64 * 1000)
+            .await?;
         Ok(StatusCode::NO_CONTENT)
     }
     .await;
@@ -211,11 +238,10 @@ async fn user_by_name(
 ) -> Result<Json<serde_json::Value>, RestError> {
     let r = async {
         bearer(&svc, &headers).await?;
-        let user = svc
-            .store
-            .user_by_name(&username)
-            .await?
-            .ok_or_else(|| RestError::new(StatusCode::NOT_FOUND, "UNKNOWN_USER", "no such user"))?;
+        let user =
+            svc.store.user_by_name(&username).await?.ok_or_else(|| {
+                RestError::new(StatusCode::NOT_FOUND, "UNKNOWN_USER", "no such user")
+            })?;
         Ok(Json(json!({"user_id": user.id, "username": user.username})))
     }
     .await;
@@ -234,11 +260,10 @@ async fn user_by_id(
 ) -> Result<Json<serde_json::Value>, RestError> {
     let r = async {
         bearer(&svc, &headers).await?;
-        let name = svc
-            .store
-            .username_of(q.id)
-            .await?
-            .ok_or_else(|| RestError::new(StatusCode::NOT_FOUND, "UNKNOWN_USER", "no such user"))?;
+        let name =
+            svc.store.username_of(q.id).await?.ok_or_else(|| {
+                RestError::new(StatusCode::NOT_FOUND, "UNKNOWN_USER", "no such user")
+            })?;
         Ok(Json(json!({"user_id": q.id, "username": name})))
     }
     .await;

@@ -9,7 +9,9 @@ use im_common::route::{Route, RouteTable};
 use im_proto::client::{
     C2cSendRequest, ConversationType, ErrorCode, KickReason, Kickout, PullResponse, SendResponse,
 };
-use im_proto::logic::{AuthReply, AuthRequest, KickRequest, UpReply, UpRequest, up_reply, up_request};
+use im_proto::logic::{
+    AuthReply, AuthRequest, KickRequest, UpReply, UpRequest, up_reply, up_request,
+};
 
 use crate::auth::{AuthError, Claims, TokenKeys};
 use crate::committer::{Committer, CommitterConfig};
@@ -68,7 +70,10 @@ impl LogicService {
         })?;
         match self.store.is_revoked(&claims.jti).await {
             Ok(false) => Ok(claims),
-            Ok(true) => Err(ApiError::new(ErrorCode::Unauthenticated, "token was revoked")),
+            Ok(true) => Err(ApiError::new(
+                ErrorCode::Unauthenticated,
+                "token was revoked",
+            )),
             Err(e) => Err(ApiError::unavailable(format!("failed to check token: {e}"))),
         }
     }
@@ -111,7 +116,12 @@ impl LogicService {
     }
 
     /// One page of a user's inbox after `after_seq`.
-    pub async fn pull(&self, user: i64, after_seq: u64, limit: u32) -> Result<PullResponse, ApiError> {
+    pub async fn pull(
+        &self,
+        user: i64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<PullResponse, ApiError> {
         pull_page(&self.store, self.cfg.max_pull, user, after_seq, limit).await
     }
 }
@@ -127,8 +137,12 @@ async fn pull_page(
         0 => 100,
         n => n.min(max_pull),
     };
-    let unavailable = |e: crate::store::StoreError| ApiError::unavailable(format!("failed to read inbox: {e}"));
-    let (messages, has_more) = store.pull(user, after_seq, limit).await.map_err(unavailable)?;
+    let unavailable =
+        |e: crate::store::StoreError| ApiError::unavailable(format!("failed to read inbox: {e}"));
+    let (messages, has_more) = store
+        .pull(user, after_seq, limit)
+        .await
+        .map_err(unavailable)?;
     let max_seq = store.max_seq(user).await.map_err(unavailable)?;
     Ok(PullResponse {
         messages,
@@ -175,7 +189,9 @@ impl LogicApi for LogicService {
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;
             if let Some(old) = old.filter(|o| *o != route) {
                 let (routes, gateways) = (self.routes.clone(), self.gateways.clone());
-                tokio::spawn(async move { kick_replaced(routes.as_ref(), gateways.as_ref(), old).await });
+                tokio::spawn(async move {
+                    kick_replaced(routes.as_ref(), gateways.as_ref(), old).await
+                });
             }
             let max_seq = self
                 .store
@@ -199,20 +215,22 @@ impl LogicApi for LogicService {
             conn_id: req.conn_id,
         };
         match req.kind {
-            Some(up_request::Kind::C2c(c2c)) => match self.send_c2c(req.user_id, c2c, Some(origin)).await {
-                Ok(fut) => Box::pin(async move {
-                    let r = fut.await;
-                    metrics::request("c2c_send", code_label(&r));
-                    match r {
-                        Ok(s) => ok_reply(req_id, up_reply::Kind::Sent(send_response(s))),
-                        Err(e) => e.into_reply(req_id),
+            Some(up_request::Kind::C2c(c2c)) => {
+                match self.send_c2c(req.user_id, c2c, Some(origin)).await {
+                    Ok(fut) => Box::pin(async move {
+                        let r = fut.await;
+                        metrics::request("c2c_send", code_label(&r));
+                        match r {
+                            Ok(s) => ok_reply(req_id, up_reply::Kind::Sent(send_response(s))),
+                            Err(e) => e.into_reply(req_id),
+                        }
+                    }),
+                    Err(e) => {
+                        metrics::request("c2c_send", code_label::<()>(&Err(e.clone())));
+                        ready_reply(e.into_reply(req_id))
                     }
-                }),
-                Err(e) => {
-                    metrics::request("c2c_send", code_label::<()>(&Err(e.clone())));
-                    ready_reply(e.into_reply(req_id))
                 }
-            },
+            }
             Some(up_request::Kind::Pull(p)) => {
                 let (store, max_pull) = (self.store.clone(), self.cfg.max_pull);
                 Box::pin(async move {

@@ -412,11 +412,8 @@ mod tests {
         fn arbitrary_bytes_never_panic_nor_overallocate(data in proptest::collection::vec(any::<u8>(), 0..10_000)) {
             let mut codec = FrameCodec::new(MAX);
             let mut buf = BytesMut::from(&data[..]);
-            loop {
-                match codec.decode(&mut buf) {
-                    Ok(Some(f)) => prop_assert!(f.body.len() <= MAX),
-                    Ok(None) | Err(_) => break,
-                }
+            while let Ok(Some(f)) = codec.decode(&mut buf) {
+                prop_assert!(f.body.len() <= MAX);
             }
             prop_assert!(buf.capacity() <= data.len().max(HEADER_LEN + MAX));
             let _ = Frame::decode_exact(&data, MAX);

@@ -84,7 +84,8 @@ fn jwt_secret(args: &ServerArgs) -> anyhow::Result<String> {
     let secret: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect();
-    std::fs::write(&path, &secret).with_context(|| format!("failed to write {}", path.display()))?;
+    std::fs::write(&path, &secret)
+        .with_context(|| format!("failed to write {}", path.display()))?;
     Ok(secret)
 }
 
@@ -97,7 +98,10 @@ pub async fn start(
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("failed to create {}", args.data_dir.display()))?;
     let db_url = args.database_url.clone().unwrap_or_else(|| {
-        format!("sqlite://{}?mode=rwc", args.data_dir.join("im.db").display())
+        format!(
+            "sqlite://{}?mode=rwc",
+            args.data_dir.join("im.db").display()
+        )
     });
     let tokens = args
         .logic
@@ -124,7 +128,13 @@ pub async fn start(
         .map_err(anyhow::Error::msg)?;
     let readiness = Readiness::default();
     let gw_stop = CancellationToken::new();
-    let gw = Gateway::new(gw_cfg, svc.clone(), routes, gw_stop.clone(), readiness.clone());
+    let gw = Gateway::new(
+        gw_cfg,
+        svc.clone(),
+        routes,
+        gw_stop.clone(),
+        readiness.clone(),
+    );
     let _ = local.0.set(gw.clone());
 
     let tcp = tokio::net::TcpListener::bind(args.gateway.tcp_addr)
@@ -143,9 +153,12 @@ pub async fn start(
     let http_stop = CancellationToken::new();
     let hs = http_stop.clone();
     let http_task = tokio::spawn(async move {
-        let _ = axum::serve(http, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { hs.cancelled().await })
-            .await;
+        let _ = axum::serve(
+            http,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { hs.cancelled().await })
+        .await;
     });
     let tcp_task = tokio::spawn(tcp::serve(gw.clone(), tcp));
     let registration = tokio::spawn(gw.clone().run_registration());

@@ -4,7 +4,11 @@ use im_common::shutdown::{CancellationToken, wait_for_signal};
 use im_server::ServerArgs;
 
 #[derive(Debug, Parser)]
-#[command(name = "im-server", version, about = "IM server, single-node mode (SQLite, in-process routes)")]
+#[command(
+    name = "im-server",
+    version,
+    about = "IM server, single-node mode (SQLite, in-process routes)"
+)]
 struct Cli {
     #[command(flatten)]
     server: ServerArgs,
@@ -18,7 +22,9 @@ async fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
     im_common::telemetry::init_tracing(cli.log_json);
     // A newcomer pressing Ctrl-C wants a quick exit; clusters set their own window.
-    if std::env::var_os("IM_DRAIN_SECS").is_none() && !std::env::args().any(|a| a.starts_with("--drain-secs")) {
+    if std::env::var_os("IM_DRAIN_SECS").is_none()
+        && !std::env::args().any(|a| a.starts_with("--drain-secs"))
+    {
         cli.server.gateway.drain_secs = 1;
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %cli.server.data_dir.display(), "im-server starting");

@@ -27,7 +27,11 @@ pub fn redis_url() -> String {
 
 /// A name unique to this test run.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}_{:08x}", std::process::id(), rand::random::<u32>())
+    format!(
+        "{prefix}_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
 }
 
 /// Path of a workspace binary next to the test executable's target dir.
@@ -66,7 +70,12 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, program: PathBuf, args: &[String], envs: &[(String, String)]) -> anyhow::Result<Proc> {
+    pub fn spawn(
+        name: &str,
+        program: PathBuf,
+        args: &[String],
+        envs: &[(String, String)],
+    ) -> anyhow::Result<Proc> {
         let child = Self::start(&program, args, envs)?;
         Ok(Proc {
             name: name.to_string(),
@@ -77,7 +86,11 @@ impl Proc {
         })
     }
 
-    fn start(program: &PathBuf, args: &[String], envs: &[(String, String)]) -> anyhow::Result<Child> {
+    fn start(
+        program: &PathBuf,
+        args: &[String],
+        envs: &[(String, String)],
+    ) -> anyhow::Result<Child> {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
@@ -90,7 +103,10 @@ impl Proc {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         cmd.spawn()
             .with_context(|| format!("failed to start {}", program.display()))
     }
@@ -125,10 +141,10 @@ pub async fn wait_http_ok(url: &str, within: Duration) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!("{url} did not become ready within {within:?}");
@@ -218,7 +234,10 @@ impl Cluster {
             .status()
             .context("failed to run im-logic migrate")?;
         if !status.success() {
-            bail!("im-logic migrate failed (is Postgres running at {}?)", pg_base());
+            bail!(
+                "im-logic migrate failed (is Postgres running at {}?)",
+                pg_base()
+            );
         }
         let mut cluster = Cluster {
             logic: Vec::new(),
@@ -236,9 +255,12 @@ impl Cluster {
             let mut env = common_env.clone();
             env.push(("IM_HTTP_ADDR".into(), http.clone()));
             env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
-            cluster
-                .logic
-                .push(Proc::spawn(&format!("logic-{i}"), bin("im-logic")?, &[], &env)?);
+            cluster.logic.push(Proc::spawn(
+                &format!("logic-{i}"),
+                bin("im-logic")?,
+                &[],
+                &env,
+            )?);
             cluster.logic_http.push(http);
             logic_grpc.push(format!("http://{grpc}"));
         }
@@ -256,9 +278,12 @@ impl Cluster {
             env.push(("IM_GATE_ID".into(), format!("gw-{i}")));
             env.push(("IM_LOGIC_ADDRS".into(), logic_grpc.join(",")));
             env.push(("IM_DRAIN_SECS".into(), "1".into()));
-            cluster
-                .gateways
-                .push(Proc::spawn(&format!("gateway-{i}"), bin("im-gateway")?, &[], &env)?);
+            cluster.gateways.push(Proc::spawn(
+                &format!("gateway-{i}"),
+                bin("im-gateway")?,
+                &[],
+                &env,
+            )?);
             cluster.gateway_tcp.push(tcp);
             cluster.gateway_http.push(http);
         }
@@ -270,7 +295,11 @@ impl Cluster {
 
     /// REST of logic process `i`.
     pub fn api(&self, i: usize) -> Api {
-        Api::new(&format!("http://{}", self.logic_http[i % self.logic_http.len()])).expect("api client")
+        Api::new(&format!(
+            "http://{}",
+            self.logic_http[i % self.logic_http.len()]
+        ))
+        .expect("api client")
     }
 
     pub fn tcp_endpoint(&self, i: usize) -> Endpoint {
@@ -278,7 +307,10 @@ impl Cluster {
     }
 
     pub fn ws_endpoint(&self, i: usize) -> Endpoint {
-        Endpoint::Ws(format!("ws://{}/ws", self.gateway_http[i % self.gateway_http.len()]))
+        Endpoint::Ws(format!(
+            "ws://{}/ws",
+            self.gateway_http[i % self.gateway_http.len()]
+        ))
     }
 }
 

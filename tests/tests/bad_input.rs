@@ -18,7 +18,10 @@ async fn expect_error_then_close(conn: &Connection, code: ErrorCode) {
         other => panic!("expected an error frame {code:?}, got {other:?}"),
     }
     assert!(
-        matches!(conn.next_event_timeout(Duration::from_secs(5)).await, Ok(None)),
+        matches!(
+            conn.next_event_timeout(Duration::from_secs(5)).await,
+            Ok(None)
+        ),
         "the server must close the connection"
     );
 }
@@ -47,21 +50,30 @@ async fn bad_input_is_refused_and_others_lose_nothing() -> anyhow::Result<()> {
 
     // 1. Garbage bytes: BAD_FRAME, closed.
     let c = Connection::connect_tcp(&node.tcp).await?;
-    c.send_raw(Bytes::from_static(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).await?;
+    c.send_raw(Bytes::from_static(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+        .await?;
     expect_error_then_close(&c, ErrorCode::BadFrame).await;
     chat(10).await?;
 
     // 2. A length field over the limit: FRAME_TOO_LARGE before any body is read.
     let c = Connection::connect_tcp(&node.tcp).await?;
-    c.send_raw(raw_header(Command::Auth as u16, 1, 100 * 1024 * 1024)).await?;
+    c.send_raw(raw_header(Command::Auth as u16, 1, 100 * 1024 * 1024))
+        .await?;
     expect_error_then_close(&c, ErrorCode::FrameTooLarge).await;
     chat(10).await?;
 
     // 3. A bad token: UNAUTHENTICATED, closed.
     let c = Connection::connect_tcp(&node.tcp).await?;
     let e = c.auth("not-a-token", DeviceType::Web).await.unwrap_err();
-    assert_eq!(server_code(&e), Some(ErrorCode::Unauthenticated as i32), "{e}");
-    assert!(matches!(c.next_event_timeout(Duration::from_secs(5)).await, Ok(None)));
+    assert_eq!(
+        server_code(&e),
+        Some(ErrorCode::Unauthenticated as i32),
+        "{e}"
+    );
+    assert!(matches!(
+        c.next_event_timeout(Duration::from_secs(5)).await,
+        Ok(None)
+    ));
 
     // 4. An expired token (signed with the server's own secret): TOKEN_EXPIRED.
     let now = im_proto::now_ms() / 1000;
@@ -82,23 +94,46 @@ async fn bad_input_is_refused_and_others_lose_nothing() -> anyhow::Result<()> {
     // 6. First frame is not AUTH: UNAUTHENTICATED.
     let c = Connection::connect_tcp(&node.tcp).await?;
     let e = c.heartbeat().await.unwrap_err();
-    assert_eq!(server_code(&e), Some(ErrorCode::Unauthenticated as i32), "{e}");
+    assert_eq!(
+        server_code(&e),
+        Some(ErrorCode::Unauthenticated as i32),
+        "{e}"
+    );
     chat(10).await?;
 
     // 7. After AUTH: unknown command, malformed body, unknown recipient,
     // oversize body and SQL-ish strings get error responses; the connection lives.
     let carol = new_user(&api, &unique("carol")).await?;
-    let c = im_client::ChatClient::connect(&node.tcp_endpoint(), &carol.token, DeviceType::Pad, None).await?;
-    let e = c.conn.request_code(0x7777, Bytes::from_static(b"??")).await.unwrap_err();
-    assert_eq!(server_code(&e), Some(ErrorCode::UnknownCommand as i32), "{e}");
-    let e = c.conn.request(Command::C2cSend, vec![0xff, 0xff, 0xff]).await.unwrap_err();
+    let c =
+        im_client::ChatClient::connect(&node.tcp_endpoint(), &carol.token, DeviceType::Pad, None)
+            .await?;
+    let e = c
+        .conn
+        .request_code(0x7777, Bytes::from_static(b"??"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        server_code(&e),
+        Some(ErrorCode::UnknownCommand as i32),
+        "{e}"
+    );
+    let e = c
+        .conn
+        .request(Command::C2cSend, vec![0xff, 0xff, 0xff])
+        .await
+        .unwrap_err();
     assert_eq!(server_code(&e), Some(ErrorCode::BadFrame as i32), "{e}");
     let e = c.send_text(987_654_321, "to nobody").await.unwrap_err();
     assert_eq!(server_code(&e), Some(ErrorCode::UnknownUser as i32), "{e}");
-    let e = c.send_with_id(bob.id, "", 1, Bytes::from_static(b"x")).await.unwrap_err();
+    let e = c
+        .send_with_id(bob.id, "", 1, Bytes::from_static(b"x"))
+        .await
+        .unwrap_err();
     assert_eq!(server_code(&e), Some(ErrorCode::BadRequest as i32), "{e}");
     let sqlish = "x'); DROP TABLE messages; --";
-    let r = c.send_with_id(bob.id, sqlish, 1, Bytes::from(sqlish)).await?;
+    let r = c
+        .send_with_id(bob.id, sqlish, 1, Bytes::from(sqlish))
+        .await?;
     assert!(!r.duplicate);
     c.conn.heartbeat().await?;
     // A frame body over the limit closes only that connection.
@@ -113,7 +148,10 @@ async fn bad_input_is_refused_and_others_lose_nothing() -> anyhow::Result<()> {
     assert!(closed.is_ok(), "oversize frame must close the connection");
 
     // 8. REST: SQL-ish usernames are refused, oversize bodies get 413.
-    let e = api.register("bob'; DROP TABLE users;--", "password1").await.unwrap_err();
+    let e = api
+        .register("bob'; DROP TABLE users;--", "password1")
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("400"), "{e}");
     let client = reqwest::Client::new();
     let resp = client
@@ -135,7 +173,13 @@ async fn bad_input_is_refused_and_others_lose_nothing() -> anyhow::Result<()> {
         .filter(|m| m.from == alice.id)
         .map(|m| String::from_utf8_lossy(&m.body).into())
         .collect();
-    assert_eq!(from_alice, (0..sent).map(|i| format!("ok {i}")).collect::<Vec<_>>());
-    assert!(got.iter().any(|m| m.from == carol.id && m.client_msg_id == sqlish && m.body == sqlish));
+    assert_eq!(
+        from_alice,
+        (0..sent).map(|i| format!("ok {i}")).collect::<Vec<_>>()
+    );
+    assert!(
+        got.iter()
+            .any(|m| m.from == carol.id && m.client_msg_id == sqlish && m.body == sqlish)
+    );
     Ok(())
 }

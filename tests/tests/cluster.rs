@@ -16,7 +16,11 @@ async fn users_on_different_gateways_talk() -> anyhow::Result<()> {
     // Even users on gateway 0 (TCP), odd users on gateway 1 (WebSocket).
     let mut clients = Vec::new();
     for (i, u) in users.iter().enumerate() {
-        let ep = if i % 2 == 0 { cluster.tcp_endpoint(0) } else { cluster.ws_endpoint(1) };
+        let ep = if i % 2 == 0 {
+            cluster.tcp_endpoint(0)
+        } else {
+            cluster.ws_endpoint(1)
+        };
         clients.push(online(&ep, u).await?);
     }
     // Each user sends 30 messages to each user on the other gateway.
@@ -33,7 +37,10 @@ async fn users_on_different_gateways_talk() -> anyhow::Result<()> {
         let from = users[i].id;
         for t in &targets {
             for k in 0..per_pair {
-                expected.entry(*t).or_default().push(format!("{from}->{t} #{k}"));
+                expected
+                    .entry(*t)
+                    .or_default()
+                    .push(format!("{from}->{t} #{k}"));
             }
         }
         sends.push(async move {
@@ -51,13 +58,25 @@ async fn users_on_different_gateways_talk() -> anyhow::Result<()> {
     for (i, c) in clients.iter().enumerate() {
         let want = &expected[&users[i].id];
         let got = recv_n(c, want.len(), Duration::from_secs(20)).await?;
-        assert_eq!(got.len(), want.len(), "user {i} got {} of {}", got.len(), want.len());
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "user {i} got {} of {}",
+            got.len(),
+            want.len()
+        );
         // Sequence order, no duplicates.
-        assert!(got.windows(2).all(|w| w[0].seq < w[1].seq), "out of order at user {i}");
+        assert!(
+            got.windows(2).all(|w| w[0].seq < w[1].seq),
+            "out of order at user {i}"
+        );
         // Per sender, the order of sending is kept.
         let mut by_sender: HashMap<i64, Vec<String>> = HashMap::new();
         for m in &got {
-            by_sender.entry(m.from).or_default().push(String::from_utf8_lossy(&m.body).into());
+            by_sender
+                .entry(m.from)
+                .or_default()
+                .push(String::from_utf8_lossy(&m.body).into());
         }
         let mut want_by_sender: HashMap<i64, Vec<String>> = HashMap::new();
         for w in want {
@@ -65,12 +84,19 @@ async fn users_on_different_gateways_talk() -> anyhow::Result<()> {
             want_by_sender.entry(from).or_default().push(w.clone());
         }
         assert_eq!(by_sender, want_by_sender);
-        assert!(c.recv(Duration::from_millis(300)).await?.is_empty(), "no extra deliveries");
+        assert!(
+            c.recv(Duration::from_millis(300)).await?.is_empty(),
+            "no extra deliveries"
+        );
     }
     // The REST API of either logic process sees the same inbox.
     let page = cluster.api(1).pull(&users[0].token, 0, 500).await?;
     let n = page["messages"].as_array().map(|a| a.len()).unwrap_or(0);
-    assert_eq!(n, expected[&users[0].id].len() + 3 * per_pair, "received + sent");
+    assert_eq!(
+        n,
+        expected[&users[0].id].len() + 3 * per_pair,
+        "received + sent"
+    );
     drop(api);
     Ok(())
 }

@@ -11,20 +11,31 @@ async fn resend_is_stored_once(api: im_client::Api, ep: Endpoint) -> anyhow::Res
     let bob = new_user(&api, &unique("bob")).await?;
     let a = online(&ep, &alice).await?;
     let b = online(&ep, &bob).await?;
-    let first = a.send_with_id(bob.id, "same-id", 1, Bytes::from_static(b"once")).await?;
+    let first = a
+        .send_with_id(bob.id, "same-id", 1, Bytes::from_static(b"once"))
+        .await?;
     assert!(!first.duplicate);
     // Again on the same connection, and from a second connection (a retry after reconnect).
-    let again = a.send_with_id(bob.id, "same-id", 1, Bytes::from_static(b"once")).await?;
-    let a2 = im_client::ChatClient::connect(&ep, &alice.token, im_client::DeviceType::Mobile, None).await?;
-    let third = a2.conn.send_c2c(im_proto::client::C2cSendRequest {
-        to: bob.id,
-        client_msg_id: "same-id".into(),
-        content_type: 1,
-        body: Bytes::from_static(b"once"),
-    }).await?;
+    let again = a
+        .send_with_id(bob.id, "same-id", 1, Bytes::from_static(b"once"))
+        .await?;
+    let a2 = im_client::ChatClient::connect(&ep, &alice.token, im_client::DeviceType::Mobile, None)
+        .await?;
+    let third = a2
+        .conn
+        .send_c2c(im_proto::client::C2cSendRequest {
+            to: bob.id,
+            client_msg_id: "same-id".into(),
+            content_type: 1,
+            body: Bytes::from_static(b"once"),
+        })
+        .await?;
     for r in [&again, &third] {
         assert!(r.duplicate);
-        assert_eq!((r.msg_id, r.seq, r.sent_at_ms), (first.msg_id, first.seq, first.sent_at_ms));
+        assert_eq!(
+            (r.msg_id, r.seq, r.sent_at_ms),
+            (first.msg_id, first.seq, first.sent_at_ms)
+        );
     }
     let got = recv_n(&b, 2, Duration::from_secs(2)).await?;
     assert_eq!(got.len(), 1, "the recipient sees the message once");

@@ -6,7 +6,11 @@ use std::time::Duration;
 use im_client::{DeviceType, Endpoint, api::Api};
 use im_tests::*;
 
-async fn offline_then_pull(api: Api, sender_ep: Endpoint, recipient_ep: Endpoint) -> anyhow::Result<()> {
+async fn offline_then_pull(
+    api: Api,
+    sender_ep: Endpoint,
+    recipient_ep: Endpoint,
+) -> anyhow::Result<()> {
     let alice = new_user(&api, &unique("alice")).await?;
     let bob = new_user(&api, &unique("bob")).await?;
     let a = online(&sender_ep, &alice).await?;
@@ -20,12 +24,16 @@ async fn offline_then_pull(api: Api, sender_ep: Endpoint, recipient_ep: Endpoint
         }
     }
     // Bob connects from scratch (last seq 0) and catches up by pulling pages.
-    let b = im_client::ChatClient::connect(&recipient_ep, &bob.token, DeviceType::Mobile, Some(0)).await?;
+    let b = im_client::ChatClient::connect(&recipient_ep, &bob.token, DeviceType::Mobile, Some(0))
+        .await?;
     let got = recv_n(&b, n, Duration::from_secs(30)).await?;
     assert_eq!(got.len(), n);
     assert_contiguous(&got, 1);
     // Per-sender order: a sender's pipelined sends on one connection are stored in order.
-    let bodies: Vec<String> = got.iter().map(|m| String::from_utf8_lossy(&m.body).into()).collect();
+    let bodies: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into())
+        .collect();
     assert_eq!(bodies, (0..n).map(|i| format!("m{i}")).collect::<Vec<_>>());
     assert!(b.recv(Duration::from_millis(300)).await?.is_empty());
     Ok(())
@@ -40,5 +48,10 @@ async fn offline_recipient_pulls_1000_in_order_sqlite() -> anyhow::Result<()> {
 #[tokio::test]
 async fn offline_recipient_pulls_1000_in_order_postgres() -> anyhow::Result<()> {
     let cluster = Cluster::start(2, 2).await?;
-    offline_then_pull(cluster.api(0), cluster.tcp_endpoint(0), cluster.tcp_endpoint(1)).await
+    offline_then_pull(
+        cluster.api(0),
+        cluster.tcp_endpoint(0),
+        cluster.tcp_endpoint(1),
+    )
+    .await
 }

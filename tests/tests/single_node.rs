@@ -22,15 +22,24 @@ async fn chat_both_ways(node: &SingleNode, ep_a: Endpoint, ep_b: Endpoint) -> an
             .map(|m| String::from_utf8_lossy(&m.body).to_string())
             .collect::<Vec<_>>()
     };
-    assert_eq!(texts(&at_b), (0..20).map(|i| format!("a->b {i}")).collect::<Vec<_>>());
-    assert_eq!(texts(&at_a), (0..20).map(|i| format!("b->a {i}")).collect::<Vec<_>>());
+    assert_eq!(
+        texts(&at_b),
+        (0..20).map(|i| format!("a->b {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        texts(&at_a),
+        (0..20).map(|i| format!("b->a {i}")).collect::<Vec<_>>()
+    );
     assert!(at_b.iter().all(|m| m.from == alice.id && m.to == bob.id));
     // Bob's inbox interleaves what he got and what he sent: 40 entries, seq 1..=40.
     let mut seqs: Vec<u64> = at_b.iter().map(|m| m.seq).collect();
     seqs.sort_unstable();
     seqs.dedup();
     assert_eq!(seqs.len(), 20);
-    assert!(b.recv(Duration::from_millis(300)).await?.is_empty(), "no extra deliveries");
+    assert!(
+        b.recv(Duration::from_millis(300)).await?.is_empty(),
+        "no extra deliveries"
+    );
     Ok(())
 }
 
@@ -59,7 +68,10 @@ async fn health_metrics_and_logout() -> anyhow::Result<()> {
     let u = new_user(&api, &unique("carol")).await?;
     let c = online(&node.tcp_endpoint(), &u).await?;
     c.conn.heartbeat().await?;
-    let metrics = reqwest::get(format!("http://{}/metrics", node.http)).await?.text().await?;
+    let metrics = reqwest::get(format!("http://{}/metrics", node.http))
+        .await?
+        .text()
+        .await?;
     for name in [
         "im_gateway_connections 1",
         "im_gateway_connections_accepted_total",
@@ -70,7 +82,10 @@ async fn health_metrics_and_logout() -> anyhow::Result<()> {
     }
     // Logout revokes the token: a new connection with it is refused.
     api.logout(&u.token).await?;
-    let err = online(&node.tcp_endpoint(), &u).await.err().expect("revoked token must fail");
+    let err = online(&node.tcp_endpoint(), &u)
+        .await
+        .err()
+        .expect("revoked token must fail");
     assert!(err.to_string().contains("revoked"), "{err}");
     Ok(())
 }

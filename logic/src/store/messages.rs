@@ -152,11 +152,12 @@ impl Store {
         }
         let mut next_seq: HashMap<i64, u64> = HashMap::new();
         for (user, n) in &counts {
-            let row = sqlx::query("UPDATE user_seq SET seq = seq + $1 WHERE user_id = $2 RETURNING seq")
-                .bind(*n)
-                .bind(*user)
-                .fetch_one(&mut *tx)
-                .await?;
+            let row =
+                sqlx::query("UPDATE user_seq SET seq = seq + $1 WHERE user_id = $2 RETURNING seq")
+                    .bind(*n)
+                    .bind(*user)
+                    .fetch_one(&mut *tx)
+                    .await?;
             let end: i64 = row.try_get(0)?;
             next_seq.insert(*user, (end - n + 1) as u64);
         }
@@ -225,7 +226,11 @@ impl Store {
         }
         let results = results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "message lost in batch"))))
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(ApiError::new(ErrorCode::Internal, "message lost in batch"))
+                })
+            })
             .collect();
         Ok(BatchOutcome {
             results,
@@ -295,12 +300,7 @@ impl Store {
 
 /// The sender first, then each distinct recipient.
 fn inbox_users(m: &NewMessage) -> impl Iterator<Item = i64> + '_ {
-    std::iter::once(m.sender).chain(
-        m.recipients
-            .iter()
-            .copied()
-            .filter(move |r| *r != m.sender),
-    )
+    std::iter::once(m.sender).chain(m.recipients.iter().copied().filter(move |r| *r != m.sender))
 }
 
 fn message_from_row(r: &AnyRow) -> Result<Message, sqlx::Error> {

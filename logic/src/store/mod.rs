@@ -86,8 +86,16 @@ impl Store {
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&self.pool).await?,
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&self.pool)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -175,7 +183,11 @@ impl Store {
     }
 
     /// Records the highest sequence a device acknowledged (never moves back).
-    pub async fn save_cursors(&self, cursors: &[(i64, i64, i64)], now_ms: i64) -> Result<(), StoreError> {
+    pub async fn save_cursors(
+        &self,
+        cursors: &[(i64, i64, i64)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
         if cursors.is_empty() {
             return Ok(());
         }
@@ -198,11 +210,12 @@ impl Store {
     }
 
     pub async fn cursor(&self, user: i64, device: i64) -> Result<u64, StoreError> {
-        let row = sqlx::query("SELECT acked_seq FROM device_cursors WHERE user_id = $1 AND device = $2")
-            .bind(user)
-            .bind(device)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT acked_seq FROM device_cursors WHERE user_id = $1 AND device = $2")
+                .bind(user)
+                .bind(device)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row
             .map(|r| r.try_get::<i64, _>(0))
             .transpose()?
