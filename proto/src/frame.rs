@@ -378,7 +378,7 @@ mod tests {
         let mut raw = BytesMut::from(&f.to_bytes()[..]);
         raw[4] = 0x7F;
         let got = FrameCodec::new(MAX).decode(&mut raw).unwrap().unwrap();
-        assert_eq!(got.command, 0x7F01);
+        assert_eq!(got.command, 0x7F07);
         assert_eq!(got.command(), None);
     }
 
