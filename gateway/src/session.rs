@@ -13,7 +13,8 @@ use im_common::api::{ApiError, ReplyFuture};
 use im_common::route::Route;
 use im_common::shutdown::CancellationToken;
 use im_proto::client::{
-    Ack, AuthRequest, AuthResponse, C2cSendRequest, DeviceType, ErrorCode, Heartbeat, PullRequest,
+    Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, DeviceType, ErrorCode,
+    Heartbeat, PullRequest,
 };
 use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
 use im_proto::prost::Message as _;
@@ -247,6 +248,10 @@ async fn handle_frame(gw: &Gateway, handle: &ConnHandle, id: &Identity, frame: F
             Ok(r) => up_request::Kind::C2c(r),
             Err(_) => return bad_body("C2cSendRequest"),
         },
+        Some(Command::C2gSend) => match C2gSendRequest::decode(frame.body) {
+            Ok(r) => up_request::Kind::C2g(r),
+            Err(_) => return bad_body("C2gSendRequest"),
+        },
         Some(Command::Pull) => match PullRequest::decode(frame.body) {
             Ok(r) => up_request::Kind::Pull(r),
             Err(_) => return bad_body("PullRequest"),
@@ -258,11 +263,7 @@ async fn handle_frame(gw: &Gateway, handle: &ConnHandle, id: &Identity, frame: F
                 &ApiError::bad_request("already authenticated"),
             ));
         }
-        Some(Command::C2gSend)
-        | Some(Command::Push)
-        | Some(Command::Kickout)
-        | Some(Command::Ctrl)
-        | None => {
+        Some(Command::Push) | Some(Command::Kickout) | Some(Command::Ctrl) | None => {
             return Step::Reply(error_frame(
                 cmd,
                 seq,

@@ -260,6 +260,13 @@ impl LogicApi for LogicService {
                     Err(e) => e.into_reply(req_id),
                 })
             }
+            Some(up_request::Kind::C2g(_)) => ready_reply(
+                ApiError::new(
+                    ErrorCode::UnknownCommand,
+                    "group messages are not enabled on this server",
+                )
+                .into_reply(req_id),
+            ),
             None => ready_reply(ApiError::bad_request("empty upstream request").into_reply(req_id)),
         }
     }
