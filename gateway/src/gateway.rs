@@ -82,6 +82,7 @@ impl Gateway {
         // Connection ids start from the boot time, so a restarted gateway
         // never reuses an id a stale route might still point at.
         let first = im_proto::now_ms() << 20;
+        metrics::init();
         Arc::new(Gateway {
             conn_limit: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,

@@ -69,3 +69,14 @@ pub fn frame(direction: &str, command: u16) {
         .unwrap_or("unknown");
     FRAMES.with_label_values(&[direction, name]).inc();
 }
+
+/// Registers every metric now, so `/metrics` lists them (at zero) from the start.
+pub fn init() {
+    LazyLock::force(&CONNECTIONS);
+    LazyLock::force(&ACCEPTED);
+    LazyLock::force(&FRAMES);
+    LazyLock::force(&PUSH_LATENCY);
+    LazyLock::force(&KICKED);
+    LazyLock::force(&SLOW_CONSUMERS);
+    LazyLock::force(&PROTOCOL_ERRORS);
+}

@@ -64,3 +64,13 @@ pub static PUSH_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
 pub fn request(api: &str, code: &str) {
     REQUESTS.with_label_values(&[api, code]).inc();
 }
+
+/// Registers every metric now, so `/metrics` lists them (at zero) from the start.
+pub fn init() {
+    LazyLock::force(&MESSAGES);
+    LazyLock::force(&STORE_LATENCY);
+    LazyLock::force(&STORE_BATCH);
+    LazyLock::force(&FANOUT);
+    LazyLock::force(&REQUESTS);
+    LazyLock::force(&PUSH_FAILURES);
+}

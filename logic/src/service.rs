@@ -46,6 +46,7 @@ impl LogicService {
         gateways: Arc<dyn GatewayApi>,
         cfg: LogicConfig,
     ) -> Arc<LogicService> {
+        metrics::init();
         let pusher = Pusher::start(routes.clone(), gateways.clone());
         let committer = Committer::start(store.clone(), pusher, cfg.committer);
         Arc::new(LogicService {
