@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::gateway::GatewayConfig;
+use crate::window::RetransmitConfig;
 
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
@@ -32,6 +33,19 @@ pub struct GatewayArgs {
     /// Requests one connection may have in flight.
     #[arg(long, env = "IM_MAX_INFLIGHT", default_value_t = 64)]
     pub max_inflight: usize,
+    /// Milliseconds to wait for a push acknowledgement before sending it
+    /// again (doubling on each retry).
+    #[arg(long, env = "IM_ACK_TIMEOUT_MS", default_value_t = 3000)]
+    pub ack_timeout_ms: u64,
+    /// Sends of one unacknowledged push before the connection is closed.
+    #[arg(long, env = "IM_PUSH_MAX_TRIES", default_value_t = 4)]
+    pub push_max_tries: u32,
+    /// Upstream frames per second one connection may send (0 = unlimited).
+    #[arg(long, env = "IM_RATE_LIMIT", default_value_t = 200)]
+    pub rate_limit: u32,
+    /// Frames one connection may send in a burst above the rate.
+    #[arg(long, env = "IM_RATE_BURST", default_value_t = 400)]
+    pub rate_burst: u32,
     /// Seconds over which clients are told to reconnect on shutdown.
     #[arg(long, env = "IM_DRAIN_SECS", default_value_t = 10)]
     pub drain_secs: u64,
@@ -54,6 +68,14 @@ impl GatewayArgs {
         cfg.max_connections = self.max_connections.max(1);
         cfg.max_inflight = self.max_inflight.max(1);
         cfg.drain_window = Duration::from_secs(self.drain_secs);
+        cfg.retransmit = RetransmitConfig {
+            ack_timeout: Duration::from_millis(self.ack_timeout_ms.max(10)),
+            max_backoff: Duration::from_millis(self.ack_timeout_ms.max(10) * 8),
+            max_tries: self.push_max_tries.max(1),
+            capacity: cfg.outbound_queue,
+        };
+        cfg.rate_limit = self.rate_limit;
+        cfg.rate_burst = self.rate_burst.max(1);
         Ok(cfg)
     }
 }

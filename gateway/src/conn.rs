@@ -1,6 +1,5 @@
 //! What the gateway keeps per connection: the bounded outbound queue, the
 //! close signal and the unacknowledged pushes. No IO here.
-use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
@@ -10,6 +9,7 @@ use im_common::shutdown::CancellationToken;
 use tokio::sync::mpsc;
 
 use crate::metrics;
+use crate::window::{Due, RetransmitConfig, RetransmitWindow, WindowFull};
 
 /// The authenticated identity of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +31,17 @@ pub struct ConnHandle {
     identity: OnceLock<Identity>,
     tx: mpsc::Sender<Bytes>,
     close: CancellationToken,
-    /// (highest seq in a push, when it was queued), oldest first; bounded.
-    // A plain mutex: a push and an ack each hold it for a few deque operations.
-    unacked: Mutex<VecDeque<(u64, Instant)>>,
-    max_unacked: usize,
+    // A plain mutex: a push, an ack and the retransmit scan each hold it for
+    // a few deque operations, never across an await.
+    window: Mutex<RetransmitWindow>,
 }
 
 impl ConnHandle {
-    pub fn new(conn_id: u64, queue: usize) -> (ConnHandle, mpsc::Receiver<Bytes>) {
+    pub fn new(
+        conn_id: u64,
+        queue: usize,
+        retransmit: RetransmitConfig,
+    ) -> (ConnHandle, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         (
             ConnHandle {
@@ -46,8 +49,7 @@ impl ConnHandle {
                 identity: OnceLock::new(),
                 tx,
                 close: CancellationToken::new(),
-                unacked: Mutex::new(VecDeque::new()),
-                max_unacked: queue.max(1),
+                window: Mutex::new(RetransmitWindow::new(retransmit)),
             },
             rx,
         )
@@ -88,28 +90,62 @@ impl ConnHandle {
         }
     }
 
-    /// Queues a push whose highest sequence is `max_seq`.
-    pub fn send_push(&self, frame: Bytes, max_seq: u64) -> Result<(), QueueError> {
-        self.send(frame)?;
-        let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
-        if unacked.len() >= self.max_unacked {
-            unacked.pop_front();
-        }
-        unacked.push_back((max_seq, Instant::now()));
-        Ok(())
+    fn window(&self) -> std::sync::MutexGuard<'_, RetransmitWindow> {
+        self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The device has everything up to `seq`: records push latencies.
-    pub fn ack(&self, seq: u64) {
-        let now = Instant::now();
-        let mut unacked = self.unacked.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(&(s, at)) = unacked.front() {
-            if s > seq {
-                break;
+    /// Queues a push whose highest sequence is `max_seq` and holds it until
+    /// the device acknowledges it; too many unacknowledged pushes close the
+    /// connection like a full queue does.
+    pub fn send_push(&self, frame: Bytes, max_seq: u64) -> Result<(), QueueError> {
+        if self.window().push(max_seq, frame.clone(), Instant::now()) == Err(WindowFull) {
+            if !self.close.is_cancelled() {
+                metrics::SLOW_CONSUMERS.inc();
+                tracing::info!(
+                    conn = self.conn_id,
+                    "too many unacknowledged pushes; closing"
+                );
             }
-            metrics::PUSH_LATENCY.observe(now.duration_since(at).as_secs_f64());
-            unacked.pop_front();
+            self.close.cancel();
+            return Err(QueueError::SlowConsumer);
         }
+        self.send(frame)
+    }
+
+    /// The device has everything up to `seq`: settles held pushes.
+    pub fn ack(&self, seq: u64) {
+        for latency in self.window().ack(seq, Instant::now()) {
+            metrics::PUSH_LATENCY.observe(latency.as_secs_f64());
+        }
+    }
+
+    /// Resends what is due; gives up (closes) after too many tries.
+    /// Returns whether pushes are still held.
+    pub fn retransmit(&self, now: Instant) -> bool {
+        let (due, held) = {
+            let mut w = self.window();
+            (w.due(now), !w.is_empty())
+        };
+        match due {
+            Due::Nothing => {}
+            Due::Resend(frames) => {
+                metrics::RETRANSMITS.inc_by(frames.len() as u64);
+                for f in frames {
+                    if self.send(f).is_err() {
+                        break;
+                    }
+                }
+            }
+            Due::GiveUp => {
+                metrics::RETRANSMIT_GIVEUPS.inc();
+                tracing::info!(
+                    conn = self.conn_id,
+                    "push unacknowledged after every retry; closing"
+                );
+                self.close();
+            }
+        }
+        held
     }
 }
 
@@ -119,7 +155,7 @@ mod tests {
 
     #[test]
     fn full_queue_closes_the_connection() {
-        let (h, _rx) = ConnHandle::new(1, 2);
+        let (h, _rx) = ConnHandle::new(1, 2, RetransmitConfig::default());
         assert!(h.send(Bytes::from_static(b"a")).is_ok());
         assert!(h.send(Bytes::from_static(b"b")).is_ok());
         assert_eq!(
@@ -130,13 +166,29 @@ mod tests {
     }
 
     #[test]
-    fn ack_is_cumulative() {
-        let (h, _rx) = ConnHandle::new(1, 8);
-        for s in [3, 5, 9] {
-            h.send_push(Bytes::new(), s).unwrap();
-        }
+    fn unacknowledged_pushes_are_resent_then_the_connection_closes() {
+        let cfg = RetransmitConfig {
+            ack_timeout: std::time::Duration::from_millis(10),
+            max_backoff: std::time::Duration::from_millis(10),
+            max_tries: 2,
+            capacity: 8,
+        };
+        let (h, mut rx) = ConnHandle::new(1, 8, cfg);
+        h.send_push(Bytes::from_static(b"p1"), 1).unwrap();
+        assert_eq!(rx.try_recv().unwrap(), Bytes::from_static(b"p1"));
+        let later = Instant::now() + std::time::Duration::from_millis(11);
+        assert!(h.retransmit(later));
+        assert_eq!(rx.try_recv().unwrap(), Bytes::from_static(b"p1"));
+        h.retransmit(later + std::time::Duration::from_millis(11));
+        assert!(h.close_token().is_cancelled());
+    }
+
+    #[test]
+    fn ack_settles_the_window() {
+        let (h, _rx) = ConnHandle::new(1, 8, RetransmitConfig::default());
+        h.send_push(Bytes::new(), 3).unwrap();
+        h.send_push(Bytes::new(), 5).unwrap();
         h.ack(5);
-        let left: Vec<u64> = h.unacked.lock().unwrap().iter().map(|(s, _)| *s).collect();
-        assert_eq!(left, vec![9]);
+        assert!(!h.retransmit(Instant::now() + std::time::Duration::from_secs(60)));
     }
 }

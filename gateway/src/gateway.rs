@@ -19,6 +19,7 @@ use tokio::sync::Semaphore;
 
 use crate::conn::{ConnHandle, QueueError};
 use crate::metrics;
+use crate::window::RetransmitConfig;
 
 /// Limits and identity of one gateway.
 #[derive(Debug, Clone)]
@@ -40,6 +41,11 @@ pub struct GatewayConfig {
     pub registration_ttl: Duration,
     /// Window over which clients are told to reconnect elsewhere on shutdown.
     pub drain_window: Duration,
+    pub retransmit: RetransmitConfig,
+    /// Upstream frames per second one connection may send (0 = no limit).
+    pub rate_limit: u32,
+    /// Frames one connection may send at once above the rate.
+    pub rate_burst: u32,
 }
 
 impl GatewayConfig {
@@ -56,6 +62,9 @@ impl GatewayConfig {
             max_inflight: 64,
             registration_ttl: Duration::from_secs(15),
             drain_window: Duration::from_secs(10),
+            retransmit: RetransmitConfig::default(),
+            rate_limit: 200,
+            rate_burst: 400,
         }
     }
 }
@@ -65,6 +74,8 @@ pub struct Gateway {
     pub(crate) logic: Arc<dyn LogicApi>,
     pub(crate) routes: Arc<dyn RouteTable>,
     pub(crate) conns: DashMap<u64, Arc<ConnHandle>>,
+    /// Connections holding unacknowledged pushes (what the retransmit scan visits).
+    held: DashMap<u64, ()>,
     next_conn: AtomicU64,
     pub(crate) conn_limit: Arc<Semaphore>,
     pub(crate) shutdown: CancellationToken,
@@ -89,6 +100,7 @@ impl Gateway {
             logic,
             routes,
             conns: DashMap::new(),
+            held: DashMap::new(),
             next_conn: AtomicU64::new(first),
             shutdown,
             readiness,
@@ -124,6 +136,7 @@ impl Gateway {
                     .map(|h| h.send_push(frame.clone(), max_seq));
                 match sent {
                     Some(Ok(())) => {
+                        self.held.insert(conn_id, ());
                         reply.delivered += 1;
                         metrics::frame("out", Command::Push as u16);
                     }
@@ -146,6 +159,30 @@ impl Gateway {
         h.close();
         metrics::KICKED.inc();
         KickReply { found: true }
+    }
+
+    /// Resends unacknowledged pushes when due, until shutdown.
+    pub async fn run_retransmit(self: Arc<Self>) {
+        let tick = (self.cfg.retransmit.ack_timeout / 4).max(Duration::from_millis(20));
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = interval.tick() => {}
+            }
+            let now = std::time::Instant::now();
+            let ids: Vec<u64> = self.held.iter().map(|e| *e.key()).collect();
+            for id in ids {
+                let still_held = match self.conns.get(&id).map(|h| h.clone()) {
+                    Some(h) => h.retransmit(now),
+                    None => false,
+                };
+                if !still_held {
+                    self.held.remove(&id);
+                }
+            }
+        }
     }
 
     /// Keeps this gateway registered; after a lapse (expiry, Redis restart)

@@ -10,6 +10,7 @@
 //!   registration in the route table, drain on shutdown.
 //! - [`grpc`]: the `Gateway` gRPC service and [`grpc::GrpcLogic`], the logic
 //!   client multiplexing upstream frames over long-lived streams.
+//! - [`window`]: the retransmit window (pure): held pushes, backoff, give-up.
 //! - [`metrics`]: `im_gateway_*` Prometheus metrics.
 //!
 //! Frames flow: socket → codec → session → [`im_common::api::LogicApi`]; pushes
@@ -21,8 +22,10 @@ pub mod conn;
 pub mod gateway;
 pub mod grpc;
 pub mod metrics;
+pub mod ratelimit;
 pub mod session;
 pub mod tcp;
+pub mod window;
 pub mod ws;
 
 pub use gateway::{Gateway, GatewayConfig};

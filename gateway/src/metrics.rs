@@ -54,6 +54,30 @@ pub static SLOW_CONSUMERS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("register im_gateway_slow_consumer_disconnects_total")
 });
 
+pub static RETRANSMITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "im_gateway_push_retransmits_total",
+        "Push frames sent again because the device did not acknowledge them in time"
+    )
+    .expect("register im_gateway_push_retransmits_total")
+});
+
+pub static RETRANSMIT_GIVEUPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "im_gateway_push_giveups_total",
+        "Connections closed because a push stayed unacknowledged after every retry"
+    )
+    .expect("register im_gateway_push_giveups_total")
+});
+
+pub static RATE_LIMITED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "im_gateway_rate_limited_total",
+        "Upstream frames refused by the per-connection rate limit"
+    )
+    .expect("register im_gateway_rate_limited_total")
+});
+
 pub static PROTOCOL_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "im_gateway_protocol_errors_total",
@@ -79,4 +103,7 @@ pub fn init() {
     LazyLock::force(&KICKED);
     LazyLock::force(&SLOW_CONSUMERS);
     LazyLock::force(&PROTOCOL_ERRORS);
+    LazyLock::force(&RETRANSMITS);
+    LazyLock::force(&RETRANSMIT_GIVEUPS);
+    LazyLock::force(&RATE_LIMITED);
 }

@@ -13,7 +13,7 @@ use im_common::api::{ApiError, ReplyFuture};
 use im_common::route::Route;
 use im_common::shutdown::CancellationToken;
 use im_proto::client::{
-    Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, DeviceType, ErrorCode,
+    Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, C2sSendRequest, DeviceType, ErrorCode,
     Heartbeat, PullRequest,
 };
 use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::conn::{ConnHandle, Identity};
 use crate::gateway::Gateway;
 use crate::metrics;
+use crate::ratelimit::TokenBucket;
 
 type Pending = Pin<Box<dyn Future<Output = (u16, u32, UpReply)> + Send>>;
 
@@ -52,7 +53,7 @@ where
 {
     metrics::ACCEPTED.inc();
     let conn_id = gw.next_conn_id();
-    let (handle, rx) = ConnHandle::new(conn_id, gw.cfg.outbound_queue);
+    let (handle, rx) = ConnHandle::new(conn_id, gw.cfg.outbound_queue, gw.cfg.retransmit);
     let handle = Arc::new(handle);
     let writer = tokio::spawn(write_loop(sink, rx, handle.close_token().clone()));
 
@@ -164,6 +165,11 @@ where
     S: Stream<Item = Result<Frame, FrameError>> + Unpin + Send,
 {
     let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut bucket = TokenBucket::new(
+        gw.cfg.rate_limit,
+        gw.cfg.rate_burst,
+        std::time::Instant::now(),
+    );
     let idle = tokio::time::sleep(gw.cfg.idle_timeout);
     tokio::pin!(idle);
     loop {
@@ -192,7 +198,7 @@ where
                 };
                 idle.as_mut().reset(Instant::now() + gw.cfg.idle_timeout);
                 metrics::frame("in", frame.command);
-                match handle_frame(gw, handle, id, frame).await {
+                match handle_frame(gw, handle, id, frame, &mut bucket).await {
                     Step::Reply(bytes) => {
                         if handle.send(bytes).is_err() {
                             break;
@@ -214,10 +220,29 @@ enum Step {
     Close,
 }
 
-async fn handle_frame(gw: &Gateway, handle: &ConnHandle, id: &Identity, frame: Frame) -> Step {
+async fn handle_frame(
+    gw: &Gateway,
+    handle: &ConnHandle,
+    id: &Identity,
+    frame: Frame,
+    bucket: &mut TokenBucket,
+) -> Step {
     let (cmd, seq) = (frame.command, frame.seq);
     if frame.flags.is_response() {
         return Step::None;
+    }
+    let limited = matches!(
+        frame.command(),
+        Some(Command::C2cSend) | Some(Command::C2gSend) | Some(Command::C2sSend) | Some(Command::Pull)
+    );
+    if limited && !bucket.try_take(std::time::Instant::now()) {
+        metrics::RATE_LIMITED.inc();
+        let mut e = ApiError::new(
+            ErrorCode::RateLimited,
+            "sending too fast; slow down and retry",
+        );
+        e.retryable = true;
+        return Step::Reply(error_frame(cmd, seq, &e));
     }
     let bad_body = |what: &str| {
         Step::Reply(error_frame(
@@ -251,6 +276,10 @@ async fn handle_frame(gw: &Gateway, handle: &ConnHandle, id: &Identity, frame: F
         Some(Command::C2gSend) => match C2gSendRequest::decode(frame.body) {
             Ok(r) => up_request::Kind::C2g(r),
             Err(_) => return bad_body("C2gSendRequest"),
+        },
+        Some(Command::C2sSend) => match C2sSendRequest::decode(frame.body) {
+            Ok(r) => up_request::Kind::C2s(r),
+            Err(_) => return bad_body("C2sSendRequest"),
         },
         Some(Command::Pull) => match PullRequest::decode(frame.body) {
             Ok(r) => up_request::Kind::Pull(r),

@@ -162,6 +162,7 @@ pub async fn start(
     });
     let tcp_task = tokio::spawn(tcp::serve(gw.clone(), tcp));
     let registration = tokio::spawn(gw.clone().run_registration());
+    tokio::spawn(gw.clone().run_retransmit());
     readiness.set(true);
 
     let done = tokio::spawn(async move {

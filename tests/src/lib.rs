@@ -100,6 +100,9 @@ impl Proc {
             } else {
                 Stdio::null()
             });
+        // Tests send bursts far above a person's typing speed; the rate limit
+        // has its own test, which sets it explicitly.
+        cmd.env("IM_RATE_LIMIT", "0");
         for (k, v) in envs {
             cmd.env(k, v);
         }
