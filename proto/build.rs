@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".im.client.v1.Message.body")
         .bytes(".im.client.v1.C2cSendRequest.body")
+        .bytes(".im.client.v1.C2sSendRequest.body")
         .compile_fds(fds)?;
     Ok(())
 }

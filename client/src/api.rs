@@ -7,8 +7,8 @@ use crate::conn::ClientError;
 /// REST client for `/api/v1`.
 #[derive(Clone)]
 pub struct Api {
-    base: String,
-    http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,7 +33,7 @@ impl Api {
         })
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    pub(crate) async fn call(&self, req: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let resp = req
             .send()
             .await

@@ -5,9 +5,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
-use im_proto::client::{C2cSendRequest, ConversationType, DeviceType, Message, SendResponse};
+use im_proto::client::{
+    C2cSendRequest, C2gSendRequest, ConversationType, DeviceType, Message, SendResponse,
+};
 
 use crate::conn::{ClientError, Connection, Event};
+use crate::group_cursor::GroupCursors;
 use crate::tracker::SeqTracker;
 
 /// Where a gateway listens.
@@ -39,6 +42,8 @@ struct State {
     ready: VecDeque<Message>,
     /// Messages this connection sent: already known, not handed out again.
     sent_here: HashSet<i64>,
+    /// Cursors of read-diffusion groups (messages outside the inbox).
+    groups: GroupCursors,
 }
 
 /// Page size for catch-up pulls.
@@ -63,6 +68,7 @@ impl ChatClient {
                 tracker: SeqTracker::new(last_seq),
                 ready: VecDeque::new(),
                 sent_here: HashSet::new(),
+                groups: GroupCursors::default(),
             }),
         };
         if auth.max_seq > last_seq {
@@ -105,6 +111,7 @@ impl ChatClient {
             content_type,
             body,
             sent_at_ms: resp.sent_at_ms,
+            group_seq: 0,
         };
         let mut st = self.state();
         st.sent_here.insert(resp.msg_id);
@@ -113,11 +120,79 @@ impl ChatClient {
         Ok(resp)
     }
 
+    /// Sends a group message with an explicit client message id. The own
+    /// copy is not handed out by [`Self::recv`] (write-diffusion groups put
+    /// it in the inbox; read-diffusion groups do not).
+    pub async fn send_group_with_id(
+        &self,
+        group: i64,
+        client_msg_id: &str,
+        content_type: u32,
+        body: Bytes,
+    ) -> Result<SendResponse, ClientError> {
+        let req = C2gSendRequest {
+            group_id: group,
+            client_msg_id: client_msg_id.to_string(),
+            content_type,
+            body: body.to_vec(),
+        };
+        let resp = self.conn.send_c2g(req).await?;
+        self.state().sent_here.insert(resp.msg_id);
+        Ok(resp)
+    }
+
+    /// Sends UTF-8 text to a group with a fresh client message id.
+    pub async fn send_group_text(
+        &self,
+        group: i64,
+        text: &str,
+    ) -> Result<SendResponse, ClientError> {
+        let id = format!("{:016x}{:08x}", im_proto::now_ms(), rand::random::<u32>());
+        self.send_group_with_id(group, &id, 1, Bytes::from(text.to_string()))
+            .await
+    }
+
+    /// Starts a read-diffusion group's cursor (e.g. at the group's
+    /// `max_group_seq` from REST): only later group messages are handed out.
+    pub fn set_group_cursor(&self, group: i64, last: u64) {
+        self.state().groups.set(group, last);
+    }
+
+    /// Everything of a read-diffusion group up to this sequence was received.
+    pub fn group_cursor(&self, group: i64) -> u64 {
+        self.state().groups.last(group)
+    }
+
     /// Sends UTF-8 text with a fresh client message id.
     pub async fn send_text(&self, to: i64, text: &str) -> Result<SendResponse, ClientError> {
         let id = format!("{:016x}{:08x}", im_proto::now_ms(), rand::random::<u32>());
         self.send_with_id(to, &id, 1, Bytes::from(text.to_string()))
             .await
+    }
+
+    /// Replaces a broken connection: connects (to `endpoint`, which may be
+    /// another gateway), authenticates and pulls everything after the last
+    /// contiguous sequence. What was received but not yet handed out is kept.
+    pub async fn reconnect(
+        &mut self,
+        endpoint: &Endpoint,
+        token: &str,
+        device: DeviceType,
+    ) -> Result<(), ClientError> {
+        let conn = endpoint.connect().await?;
+        let auth = conn.auth(token, device).await?;
+        self.conn = conn;
+        let last = self.last_seq();
+        if auth.max_seq > last {
+            self.fill_gap(last).await?;
+        }
+        Ok(())
+    }
+
+    /// Pulls whatever is newer than the last contiguous sequence (a periodic
+    /// sync catches pushes lost while a route was briefly missing).
+    pub async fn sync(&self) -> Result<(), ClientError> {
+        self.fill_gap(self.last_seq()).await
     }
 
     /// Pulls pages after `after` until the gap is filled.
@@ -156,6 +231,13 @@ impl ChatClient {
                 Ok(Some(Event::Push(messages))) => {
                     let gap = {
                         let mut st = self.state();
+                        let (group, messages): (Vec<_>, Vec<_>) =
+                            messages.into_iter().partition(GroupCursors::is_group_seq);
+                        for m in group {
+                            if st.groups.offer(&m) {
+                                st.ready.push_back(m);
+                            }
+                        }
                         let offered = st.tracker.offer(messages);
                         st.ready.extend(offered.ready);
                         offered.pull_after

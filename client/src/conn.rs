@@ -8,8 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use im_proto::client::{
-    Ack, AuthRequest, AuthResponse, C2cSendRequest, Ctrl, DeviceType, Error as ErrorBody,
-    Heartbeat, Kickout, Message, PullRequest, PullResponse, Push, SendResponse,
+    Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, C2sSendRequest, Ctrl,
+    DeviceType, Error as ErrorBody, Heartbeat, Kickout, Message, PullRequest, PullResponse, Push,
+    SendResponse,
 };
 use im_proto::prost::Message as _;
 use im_proto::{Command, Frame, FrameCodec, FrameError, HEADER_LEN};
@@ -238,6 +239,21 @@ impl Connection {
     pub async fn send_c2c(&self, req: C2cSendRequest) -> Result<SendResponse, ClientError> {
         Ok(SendResponse::decode(
             self.request(Command::C2cSend, req.encode_to_vec()).await?,
+        )?)
+    }
+
+    /// Sends a group message (C2G_SEND).
+    pub async fn send_c2g(&self, req: C2gSendRequest) -> Result<SendResponse, ClientError> {
+        Ok(SendResponse::decode(
+            self.request(Command::C2gSend, req.encode_to_vec()).await?,
+        )?)
+    }
+
+    /// Sends an upstream message to a business service (C2S_SEND); the
+    /// response carries the Redis Stream entry id in `stream_id`.
+    pub async fn send_c2s(&self, req: C2sSendRequest) -> Result<SendResponse, ClientError> {
+        Ok(SendResponse::decode(
+            self.request(Command::C2sSend, req.encode_to_vec()).await?,
         )?)
     }
 

@@ -6,11 +6,17 @@
 //!   as a pure struct.
 //! - [`chat`]: [`chat::ChatClient`], connect + auth + catch-up + exactly-once receive.
 //! - [`api`]: the REST API (register, login, logout, lookup, send, pull).
+//! - [`social`]: friends, groups, conversations, history, revoke (REST).
+//! - [`group_cursor`]: per-group cursors for read-diffusion group messages.
+//! - [`server_api`]: the business-server side of the REST API (s2c push).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod chat;
 pub mod conn;
+pub mod group_cursor;
+pub mod server_api;
+pub mod social;
 pub mod tracker;
 
 pub use api::Api;

@@ -9,6 +9,8 @@ use im_client::{Api, ChatClient, DeviceType, Endpoint};
 use im_proto::client::Message;
 use tokio::io::AsyncBufReadExt;
 
+mod imctl_social;
+
 #[derive(Debug, Parser)]
 #[command(name = "imctl", version, about = "Chat with and inspect an IM server")]
 struct Cli {
@@ -111,12 +113,61 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Send one message upstream to a business service (c2s).
+    C2s {
+        #[command(flatten)]
+        who: Who,
+        /// Service name (1-64 characters of a-z 0-9 _ . -).
+        service: String,
+        /// The text.
+        #[arg(required = true)]
+        text: Vec<String>,
+        /// Client message id (default: random); reuse it to retry safely.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Push one message to users as a business server (s2c).
+    S2c {
+        /// Server API key (one of the server's --server-api-keys).
+        #[arg(long, env = "IMCTL_API_KEY", hide_env_values = true)]
+        api_key: String,
+        /// Recipients: usernames or numeric user ids.
+        #[arg(long, required = true, num_args = 1..)]
+        to: Vec<String>,
+        /// The text.
+        #[arg(required = true)]
+        text: Vec<String>,
+        /// Client message id (default: random); reuse it to retry safely.
+        #[arg(long)]
+        id: Option<String>,
+    },
     /// Chat with one user: type lines to send, see what arrives.
     Chat {
         #[command(flatten)]
         who: Who,
         /// The other user's username.
         peer: String,
+    },
+    /// Friends and blocks: requests, accept, list, keys, block.
+    Friend {
+        #[command(flatten)]
+        who: Who,
+        #[command(subcommand)]
+        cmd: imctl_social::FriendCmd,
+    },
+    /// Groups: create, join, members, roles, mutes, messages.
+    Group {
+        #[command(flatten)]
+        who: Who,
+        #[command(subcommand)]
+        cmd: imctl_social::GroupCmd,
+    },
+    /// Conversations: list, history, mark read, revoke.
+    Conv {
+        #[command(flatten)]
+        who: Who,
+        #[command(subcommand)]
+        cmd: imctl_social::ConvCmd,
     },
 }
 
@@ -128,6 +179,10 @@ struct Names {
 
 impl Names {
     async fn of(&mut self, id: i64) -> String {
+        if id == 0 {
+            // Server pushes (s2c) have no user sender.
+            return "(server)".into();
+        }
         if let Some(n) = self.cache.get(&id) {
             return n.clone();
         }
@@ -257,6 +312,74 @@ async fn main() -> anyhow::Result<()> {
                 println!("(more after this; use --after)");
             }
         }
+        Cmd::C2s {
+            who,
+            service,
+            text,
+            id,
+        } => {
+            let token = api.login(&who.user, &who.password).await?.token;
+            let client = ChatClient::connect(&endpoint, &token, device, None).await?;
+            let req = im_proto::client::C2sSendRequest {
+                service,
+                client_msg_id: id.unwrap_or_else(random_id),
+                content_type: 1,
+                body: text.join(" ").into_bytes().into(),
+            };
+            let resp = client.conn.send_c2s(req).await?;
+            println!(
+                "sent: stream id {}{}",
+                resp.stream_id,
+                if resp.duplicate {
+                    " (duplicate of an earlier send)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Cmd::S2c {
+            api_key,
+            to,
+            text,
+            id,
+        } => {
+            let mut ids = Vec::with_capacity(to.len());
+            for name in &to {
+                ids.push(match name.parse::<i64>() {
+                    Ok(id) => id,
+                    Err(_) => api
+                        .s2c_user_id(&api_key, name)
+                        .await
+                        .with_context(|| format!("unknown user {name}"))?,
+                });
+            }
+            let id = id.unwrap_or_else(random_id);
+            let sent = api
+                .s2c_send(&api_key, &ids, &id, 1, &text.join(" "))
+                .await?;
+            println!(
+                "pushed: msg_id {} to {} users{}",
+                sent.msg_id,
+                ids.len(),
+                if sent.duplicate {
+                    " (duplicate of an earlier push)"
+                } else {
+                    ""
+                }
+            );
+        }
+        Cmd::Friend { who, cmd } => {
+            let token = api.login(&who.user, &who.password).await?.token;
+            imctl_social::friend(&api, &token, cmd).await?;
+        }
+        Cmd::Group { who, cmd } => {
+            let token = api.login(&who.user, &who.password).await?.token;
+            imctl_social::group(&api, &token, cmd).await?;
+        }
+        Cmd::Conv { who, cmd } => {
+            let login = api.login(&who.user, &who.password).await?;
+            imctl_social::conv(&api, &login.token, login.user_id, cmd).await?;
+        }
         Cmd::Chat { who, peer } => {
             let token = api.login(&who.user, &who.password).await?.token;
             let peer_id = match api.user_id(&token, &peer).await {
@@ -296,4 +419,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A fresh client message id.
+fn random_id() -> String {
+    format!("{:016x}{:08x}", im_proto::now_ms(), rand::random::<u32>())
 }

@@ -347,12 +347,21 @@ impl RouteTable for RedisRouteTable {
             .filter_map(|(g, a)| a.map(|a| (g.as_str(), a)))
             .collect();
         let mut out: HashMap<i64, Vec<LiveRoute>> = HashMap::new();
+        let mut dead = Vec::new();
         for (user, route) in routes {
-            if let Some(addr) = live.get(route.gate_id.as_str()) {
-                out.entry(user).or_default().push(LiveRoute {
+            match live.get(route.gate_id.as_str()) {
+                Some(addr) => out.entry(user).or_default().push(LiveRoute {
                     gate_addr: addr.clone(),
                     route,
-                });
+                }),
+                None => dead.push((user, route)),
+            }
+        }
+        // Routes to gateways whose registration expired are offline; clear
+        // them so nothing stale stays behind.
+        for (user, route) in dead {
+            if let Err(e) = self.remove_route(user, &route).await {
+                tracing::debug!(error = %e, "failed to clear a route to a dead gateway");
             }
         }
         Ok(out)

@@ -140,8 +140,12 @@ impl Gateway {
                         reply.delivered += 1;
                         metrics::frame("out", Command::Push as u16);
                     }
-                    Some(Err(QueueError::SlowConsumer)) | Some(Err(QueueError::Closed)) | None => {
+                    Some(Err(QueueError::SlowConsumer)) | Some(Err(QueueError::Closed)) => {
                         reply.missing += 1
+                    }
+                    None => {
+                        reply.missing += 1;
+                        reply.missing_conn_ids.push(conn_id);
                     }
                 }
             }

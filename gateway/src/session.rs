@@ -13,8 +13,8 @@ use im_common::api::{ApiError, ReplyFuture};
 use im_common::route::Route;
 use im_common::shutdown::CancellationToken;
 use im_proto::client::{
-    Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, C2sSendRequest, DeviceType, ErrorCode,
-    Heartbeat, PullRequest,
+    Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, C2sSendRequest, DeviceType,
+    ErrorCode, Heartbeat, PullRequest,
 };
 use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
 use im_proto::prost::Message as _;
@@ -233,7 +233,10 @@ async fn handle_frame(
     }
     let limited = matches!(
         frame.command(),
-        Some(Command::C2cSend) | Some(Command::C2gSend) | Some(Command::C2sSend) | Some(Command::Pull)
+        Some(Command::C2cSend)
+            | Some(Command::C2gSend)
+            | Some(Command::C2sSend)
+            | Some(Command::Pull)
     );
     if limited && !bucket.try_take(std::time::Instant::now()) {
         metrics::RATE_LIMITED.inc();
@@ -263,6 +266,17 @@ async fn handle_frame(
                 return bad_body("Ack");
             };
             handle.ack(ack.seq);
+            // Logic advances the device cursor and sends DELIVERED receipts;
+            // nothing to answer, so the reply is not awaited.
+            let up = UpRequest {
+                req_id: 0,
+                user_id: id.user_id,
+                device: id.route.device,
+                gate_id: gw.cfg.gate_id.clone(),
+                conn_id: handle.conn_id,
+                kind: Some(up_request::Kind::Ack(ack)),
+            };
+            drop(gw.logic.submit(up).await);
             return Step::None;
         }
         Some(Command::Logout) => {

@@ -23,6 +23,26 @@ pub struct LogicArgs {
     /// Most messages one pull returns.
     #[arg(long, env = "IM_MAX_PULL", default_value_t = 500)]
     pub max_pull: u32,
+    /// Server API keys for the s2c REST API, comma-separated `name:key`
+    /// pairs (keys ≥ 16 bytes); none disables server push.
+    #[arg(long, env = "IM_SERVER_API_KEYS", default_value = "", hide_env_values = true,
+          hide_default_value = true, value_parser = crate::s2c::parse_api_keys)]
+    pub server_api_keys: crate::s2c::ApiKeys,
+    /// Who may send one-to-one messages: `friends` (only friends) or `anyone`.
+    /// A blocked sender is refused either way.
+    #[arg(long, env = "IM_C2C_POLICY", default_value = "friends", value_parser = ["friends", "anyone"])]
+    pub c2c_policy: String,
+    /// Groups with at most this many members use write diffusion (one inbox
+    /// entry per member); larger groups use read diffusion (pull by group cursor).
+    #[arg(long, env = "IM_GROUP_WRITE_DIFFUSION_MAX", default_value_t = 500)]
+    pub group_write_diffusion_max: usize,
+    /// Most members a group may have.
+    #[arg(long, env = "IM_GROUP_MAX_MEMBERS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub group_max_members: u32,
+    /// Seconds after sending during which the sender may revoke a message.
+    #[arg(long, env = "IM_REVOKE_WINDOW_SECS", default_value_t = 120)]
+    pub revoke_window_secs: u64,
 }
 
 impl LogicArgs {
@@ -34,6 +54,13 @@ impl LogicArgs {
                 shards: if sqlite { 1 } else { self.store_shards.max(1) },
                 max_batch: self.store_max_batch.max(1),
                 queue: 4096,
+            },
+            server_api_keys: self.server_api_keys.clone(),
+            social: crate::social::SocialConfig {
+                friends_only: self.c2c_policy != "anyone",
+                write_diffusion_max: self.group_write_diffusion_max,
+                max_group_members: self.group_max_members as usize,
+                revoke_window_ms: self.revoke_window_secs.saturating_mul(1000),
             },
         }
     }

@@ -7,10 +7,11 @@ use clap::{Parser, Subcommand};
 use im_common::admin::{Readiness, admin_router};
 use im_common::route::RedisRouteTable;
 use im_common::shutdown::{CancellationToken, wait_for_signal};
+use im_logic::c2s::C2sSink;
 use im_logic::cli::LogicArgs;
 use im_logic::grpc::{GatewayPool, LogicGrpc};
 use im_logic::store::{Backend, Store};
-use im_logic::{LogicService, rest};
+use im_logic::{LogicService, rest, s2c};
 use im_proto::logic::logic_server::LogicServer;
 
 #[derive(Debug, Parser)]
@@ -74,14 +75,18 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("failed to connect to Redis")?,
     );
+    let c2s = C2sSink::new(routes.connection(), &cli.redis_prefix);
     let cfg = cli
         .logic
         .config(cli.max_body, store.backend() == Backend::Sqlite);
-    let svc = LogicService::new(store, tokens, routes, Arc::new(GatewayPool::new()), cfg);
+    let svc =
+        LogicService::new(store, tokens, routes, Arc::new(GatewayPool::new()), cfg).with_c2s(c2s);
 
     let readiness = Readiness::default();
     let stop = CancellationToken::new();
-    let app = rest::router(svc.clone()).merge(admin_router(readiness.clone()));
+    let app = rest::router(svc.clone())
+        .merge(s2c::router(svc.clone()))
+        .merge(admin_router(readiness.clone()));
     let http = tokio::net::TcpListener::bind(cli.http_addr)
         .await
         .with_context(|| format!("failed to bind {}", cli.http_addr))?;

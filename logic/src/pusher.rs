@@ -93,11 +93,15 @@ impl Pusher {
     }
 }
 
-async fn push_once(routes: &dyn RouteTable, gateways: &dyn GatewayApi, deliveries: Vec<Outgoing>) {
+async fn push_once(
+    routes_table: &dyn RouteTable,
+    gateways: &dyn GatewayApi,
+    deliveries: Vec<Outgoing>,
+) {
     let mut users: Vec<i64> = deliveries.iter().map(|(d, _)| d.user).collect();
     users.sort_unstable();
     users.dedup();
-    let live = match routes.lookup(&users).await {
+    let live = match routes_table.lookup(&users).await {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "route lookup failed; messages stay in the inbox");
@@ -107,12 +111,28 @@ async fn push_once(routes: &dyn RouteTable, gateways: &dyn GatewayApi, deliverie
     };
     let plans = plan_pushes(&deliveries, &live);
     let calls = plans.into_iter().map(|(addr, batch)| async move {
-        if let Err(e) = gateways.push(&addr, batch).await {
-            tracing::warn!(gateway = %addr, error = %e, "push failed; messages stay in the inbox");
-            metrics::PUSH_FAILURES.inc();
+        match gateways.push(&addr, batch).await {
+            Ok(reply) => (addr, reply.missing_conn_ids),
+            Err(e) => {
+                tracing::warn!(gateway = %addr, error = %e, "push failed; messages stay in the inbox");
+                metrics::PUSH_FAILURES.inc();
+                (addr, Vec::new())
+            }
         }
     });
-    futures::future::join_all(calls).await;
+    // Routes to connections their gateway no longer has (it restarted) are stale.
+    for (addr, missing) in futures::future::join_all(calls).await {
+        for (user, routes) in &live {
+            for r in routes {
+                if r.gate_addr == addr
+                    && missing.contains(&r.route.conn_id)
+                    && let Err(e) = routes_table.remove_route(*user, &r.route).await
+                {
+                    tracing::debug!(error = %e, "failed to remove stale route");
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

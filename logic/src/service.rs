@@ -13,10 +13,12 @@ use im_proto::logic::{
     AuthReply, AuthRequest, KickRequest, UpReply, UpRequest, up_reply, up_request,
 };
 
+use crate::acker::Acker;
 use crate::auth::{AuthError, Claims, TokenKeys};
 use crate::committer::{Committer, CommitterConfig};
 use crate::metrics;
 use crate::pusher::{Origin, Pusher};
+use crate::store::receipts::DeviceAck;
 use crate::store::{NewMessage, Store, Stored};
 
 /// Limits and tunables of the logic tier.
@@ -25,6 +27,10 @@ pub struct LogicConfig {
     pub max_body: usize,
     pub max_pull: u32,
     pub committer: CommitterConfig,
+    /// Keys of the server push API (s2c); none disables it.
+    pub server_api_keys: crate::s2c::ApiKeys,
+    /// Friends, groups, diffusion and revoke policies.
+    pub social: crate::social::SocialConfig,
 }
 
 pub const MAX_CLIENT_MSG_ID: usize = 64;
@@ -32,10 +38,13 @@ pub const MAX_CLIENT_MSG_ID: usize = 64;
 pub struct LogicService {
     pub(crate) store: Store,
     pub(crate) tokens: TokenKeys,
-    routes: Arc<dyn RouteTable>,
-    gateways: Arc<dyn GatewayApi>,
-    committer: Committer,
+    pub(crate) routes: Arc<dyn RouteTable>,
+    pub(crate) gateways: Arc<dyn GatewayApi>,
+    pub(crate) committer: Committer,
+    acker: Acker,
     pub(crate) cfg: LogicConfig,
+    /// Where c2s messages go (Redis Streams); unset without Redis.
+    pub(crate) c2s: std::sync::OnceLock<crate::c2s::C2sSink>,
 }
 
 impl LogicService {
@@ -48,6 +57,7 @@ impl LogicService {
     ) -> Arc<LogicService> {
         metrics::init();
         let pusher = Pusher::start(routes.clone(), gateways.clone());
+        let acker = Acker::start(store.clone(), pusher.clone());
         let committer = Committer::start(store.clone(), pusher, cfg.committer);
         Arc::new(LogicService {
             store,
@@ -55,7 +65,9 @@ impl LogicService {
             routes,
             gateways,
             committer,
+            acker,
             cfg,
+            c2s: std::sync::OnceLock::new(),
         })
     }
 
@@ -89,6 +101,7 @@ impl LogicService {
         if req.to <= 0 {
             return Err(ApiError::bad_request("recipient `to` is required"));
         }
+        self.check_c2c(sender, req.to, req.content_type).await?;
         if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID {
             return Err(ApiError::bad_request(format!(
                 "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
@@ -232,6 +245,9 @@ impl LogicApi for LogicService {
                     }
                 }
             }
+            Some(up_request::Kind::C2s(c2s)) => {
+                self.submit_c2s(req_id, req.user_id, req.device, c2s).await
+            }
             Some(up_request::Kind::Pull(p)) => {
                 let (store, max_pull) = (self.store.clone(), self.cfg.max_pull);
                 Box::pin(async move {
@@ -244,30 +260,33 @@ impl LogicApi for LogicService {
                 })
             }
             Some(up_request::Kind::Ack(a)) => {
-                let r = self
-                    .store
-                    .save_cursors(
-                        &[(req.user_id, i64::from(req.device), a.seq as i64)],
-                        im_proto::now_ms() as i64,
-                    )
-                    .await
-                    .map_err(|e| ApiError::unavailable(e.to_string()));
-                metrics::request("ack", code_label(&r));
-                ready_reply(match r {
-                    Ok(()) => UpReply {
-                        req_id,
-                        ..Default::default()
-                    },
-                    Err(e) => e.into_reply(req_id),
+                self.acker.ack(DeviceAck {
+                    user: req.user_id,
+                    device: req.device,
+                    seq: a.seq,
+                });
+                metrics::request("ack", "ok");
+                ready_reply(UpReply {
+                    req_id,
+                    ..Default::default()
                 })
             }
-            Some(up_request::Kind::C2g(_)) => ready_reply(
-                ApiError::new(
-                    ErrorCode::UnknownCommand,
-                    "group messages are not enabled on this server",
-                )
-                .into_reply(req_id),
-            ),
+            Some(up_request::Kind::C2g(c2g)) => {
+                match self.send_c2g(req.user_id, c2g, Some(origin)).await {
+                    Ok(fut) => Box::pin(async move {
+                        let r = fut.await;
+                        metrics::request("c2g_send", code_label(&r));
+                        match r {
+                            Ok(s) => ok_reply(req_id, up_reply::Kind::Sent(send_response(s))),
+                            Err(e) => e.into_reply(req_id),
+                        }
+                    }),
+                    Err(e) => {
+                        metrics::request("c2g_send", code_label::<()>(&Err(e.clone())));
+                        ready_reply(e.into_reply(req_id))
+                    }
+                }
+            }
             None => ready_reply(ApiError::bad_request("empty upstream request").into_reply(req_id)),
         }
     }
@@ -279,6 +298,7 @@ pub fn send_response(s: Stored) -> SendResponse {
         seq: s.sender_seq,
         sent_at_ms: s.sent_at_ms,
         duplicate: s.duplicate,
+        stream_id: String::new(),
     }
 }
 

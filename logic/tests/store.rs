@@ -2,8 +2,11 @@
 //! same assertions must hold on each.
 use bytes::Bytes;
 use im_common::api::ApiError;
+use im_logic::store::receipts::DeviceAck;
 use im_logic::store::{NewMessage, Store};
 use im_proto::client::{ConversationType, ErrorCode};
+use im_proto::client::{Receipt, ReceiptKind, SystemContentType};
+use im_proto::prost::Message as _;
 
 async fn sqlite() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -99,15 +102,47 @@ async fn exercise(store: &Store) {
     // SQL-ish text is data.
     let evil = "'); DELETE FROM inbox; --";
     let out = store.commit_batch(&[msg(b, a, evil)], 3000).await.unwrap();
-    assert!(out.results[0].is_ok());
+    let evil_id = out.results[0].as_ref().unwrap().msg_id;
     let (page, _) = store.pull(a, 3, 10).await.unwrap();
     assert_eq!(page[0].client_msg_id, evil);
     assert_eq!(store.max_seq(b).await.unwrap(), 3);
 
-    // Cursors never move back.
-    store.save_cursors(&[(a, 1, 5)], 1).await.unwrap();
-    store.save_cursors(&[(a, 1, 3)], 2).await.unwrap();
-    assert_eq!(store.cursor(a, 1).await.unwrap(), 5);
+    // Acks: DELIVERED receipts for messages from others, once per message and device.
+    let ack = |user, device, seq| DeviceAck { user, device, seq };
+    let d = store.commit_acks(&[ack(b, 1, 1000)], 4000).await.unwrap();
+    // Clamped to bob's newest message; bob's own message (seq 3) gets no receipt.
+    assert_eq!(store.cursor(b, 1).await.unwrap(), 3);
+    let to_a: Vec<_> = d.iter().filter(|x| x.user == a).collect();
+    assert_eq!(to_a.len(), 1, "one receipt message to alice");
+    let m = &to_a[0].message;
+    assert_eq!(m.content_type, SystemContentType::Receipt as u32);
+    assert_eq!(m.from, b);
+    let r = Receipt::decode(m.body.clone()).unwrap();
+    assert_eq!(r.kind, ReceiptKind::Delivered as i32);
+    assert_eq!(
+        (r.reader, r.msg_ids.clone()),
+        (b, vec![s1.msg_id, s2.msg_id])
+    );
+    // The same ack again, or an older one: nothing new, the cursor stays.
+    assert!(
+        store
+            .commit_acks(&[ack(b, 1, 3), ack(b, 1, 1)], 5000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.cursor(b, 1).await.unwrap(), 3);
+    // Another device of bob receipts the same messages for itself.
+    let d = store.commit_acks(&[ack(b, 2, 2)], 6000).await.unwrap();
+    assert_eq!(d.iter().filter(|x| x.user == a).count(), 1);
+    // Receipts do not beget receipts: alice acking everything (bob's message
+    // and two receipts) receipts only bob's message.
+    let a_max = store.max_seq(a).await.unwrap();
+    let d = store.commit_acks(&[ack(a, 1, a_max)], 7000).await.unwrap();
+    let to_b: Vec<_> = d.iter().filter(|x| x.user == b).collect();
+    assert_eq!(to_b.len(), 1, "{d:?}");
+    let r = Receipt::decode(to_b[0].message.body.clone()).unwrap();
+    assert_eq!(r.msg_ids, vec![evil_id]);
 }
 
 #[tokio::test]

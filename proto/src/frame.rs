@@ -35,10 +35,11 @@ pub enum Command {
     Pull = 0x0008,
     Push = 0x0009,
     Ctrl = 0x000A,
+    C2sSend = 0x000B,
 }
 
 impl Command {
-    pub const ALL: [Command; 10] = [
+    pub const ALL: [Command; 11] = [
         Command::Auth,
         Command::Logout,
         Command::Kickout,
@@ -49,6 +50,7 @@ impl Command {
         Command::Pull,
         Command::Push,
         Command::Ctrl,
+        Command::C2sSend,
     ];
 
     pub fn from_code(code: u16) -> Option<Command> {
@@ -68,6 +70,7 @@ impl Command {
             Command::Pull => "pull",
             Command::Push => "push",
             Command::Ctrl => "ctrl",
+            Command::C2sSend => "c2s_send",
         }
     }
 }

@@ -14,13 +14,14 @@ use async_trait::async_trait;
 use clap::Args;
 use im_common::admin::{Readiness, admin_router};
 use im_common::api::{ApiError, GatewayApi};
-use im_common::route::MemoryRouteTable;
+use im_common::route::{MemoryRouteTable, RedisRouteTable};
 use im_common::shutdown::CancellationToken;
 use im_gateway::cli::GatewayArgs;
 use im_gateway::{Gateway, tcp, ws};
+use im_logic::c2s::C2sSink;
 use im_logic::cli::LogicArgs;
 use im_logic::store::Store;
-use im_logic::{LogicService, rest};
+use im_logic::{LogicService, rest, s2c};
 use im_proto::logic::{KickReply, KickRequest, PushBatch, PushReply};
 
 #[derive(Debug, Clone, Args)]
@@ -37,6 +38,13 @@ pub struct ServerArgs {
     /// Token secret (default: generated once into the data directory).
     #[arg(long, env = "IM_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Redis for c2s upstream messages (Redis Streams); without it C2S_SEND
+    /// answers UNAVAILABLE. Routes stay in process either way.
+    #[arg(long, env = "IM_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key c2s writes.
+    #[arg(long, env = "IM_REDIS_PREFIX", default_value = "im:")]
+    pub redis_prefix: String,
     #[command(flatten)]
     pub gateway: GatewayArgs,
     #[command(flatten)]
@@ -122,6 +130,15 @@ pub async fn start(
         local.clone(),
         args.logic.config(args.gateway.max_body, sqlite),
     );
+    let svc = match &args.redis_url {
+        Some(url) => {
+            let redis = RedisRouteTable::connect(url, &args.redis_prefix)
+                .await
+                .with_context(|| format!("failed to connect to Redis at {url}"))?;
+            svc.with_c2s(C2sSink::new(redis.connection(), &args.redis_prefix))
+        }
+        None => svc,
+    };
     let gw_cfg = args
         .gateway
         .config("local", "local")
@@ -147,7 +164,8 @@ pub async fn start(
         tcp: tcp.local_addr()?,
         http: http.local_addr()?,
     };
-    let app = rest::router(svc)
+    let app = rest::router(svc.clone())
+        .merge(s2c::router(svc))
         .merge(ws::router(gw.clone()))
         .merge(admin_router(readiness.clone()));
     let http_stop = CancellationToken::new();

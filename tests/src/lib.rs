@@ -16,6 +16,12 @@ use im_client::{Api, ChatClient, DeviceType, Endpoint};
 
 pub use im_client;
 
+pub mod burst;
+pub mod services;
+pub mod social;
+
+pub mod extra;
+
 /// Postgres server URL without a database (trust auth as `postgres`).
 pub fn pg_base() -> String {
     std::env::var("IM_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -103,6 +109,9 @@ impl Proc {
         // Tests send bursts far above a person's typing speed; the rate limit
         // has its own test, which sets it explicitly.
         cmd.env("IM_RATE_LIMIT", "0");
+        // Most tests message strangers; the friends-only default has its own
+        // tests (tests/tests/social_*.rs), which set it explicitly.
+        cmd.env("IM_C2C_POLICY", "anyone");
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -219,16 +228,43 @@ pub struct Cluster {
 
 const CLUSTER_SECRET: &str = "cluster-test-secret-0123456789";
 
+/// Where a cluster's Redis and Postgres are, and extra environment for its processes.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub pg_base: String,
+    pub redis_url: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            pg_base: pg_base(),
+            redis_url: redis_url(),
+            env: Vec::new(),
+        }
+    }
+}
+
 impl Cluster {
     pub async fn start(gateways: usize, logics: usize) -> anyhow::Result<Cluster> {
-        let database_url = format!("{}/{}", pg_base(), unique("im_test"));
+        Self::start_with(ClusterOptions::default(), gateways, logics).await
+    }
+
+    pub async fn start_with(
+        opts: ClusterOptions,
+        gateways: usize,
+        logics: usize,
+    ) -> anyhow::Result<Cluster> {
+        let database_url = format!("{}/{}", opts.pg_base, unique("im_test"));
         let redis_prefix = format!("{}:", unique("imtest"));
-        let common_env = vec![
+        let mut common_env = vec![
             ("IM_DATABASE_URL".to_string(), database_url.clone()),
-            ("IM_REDIS_URL".to_string(), redis_url()),
+            ("IM_REDIS_URL".to_string(), opts.redis_url.clone()),
             ("IM_REDIS_PREFIX".to_string(), redis_prefix.clone()),
             ("IM_JWT_SECRET".to_string(), CLUSTER_SECRET.to_string()),
         ];
+        common_env.extend(opts.env.iter().cloned());
         // Migrate once, before several processes start.
         let status = Command::new(bin("im-logic")?)
             .arg("migrate")
@@ -340,7 +376,26 @@ pub async fn online(endpoint: &Endpoint, user: &TestUser) -> anyhow::Result<Chat
     Ok(ChatClient::connect(endpoint, &user.token, DeviceType::Desktop, None).await?)
 }
 
-/// Receives until `n` messages arrived or `within` passed.
+/// Whether a message is a person's (not a receipt or other system message).
+pub fn is_person_message(m: &im_proto::client::Message) -> bool {
+    m.content_type < 0xF000
+}
+
+/// Receives for `wait` and returns the user messages (receipts dropped).
+pub async fn recv_user(
+    client: &ChatClient,
+    wait: Duration,
+) -> anyhow::Result<Vec<im_proto::client::Message>> {
+    Ok(client
+        .recv(wait)
+        .await?
+        .into_iter()
+        .filter(is_person_message)
+        .collect())
+}
+
+/// Receives until `n` user messages arrived or `within` passed (receipts,
+/// which arrive interleaved, are dropped).
 pub async fn recv_n(
     client: &ChatClient,
     n: usize,
@@ -353,7 +408,13 @@ pub async fn recv_n(
         if left.is_zero() {
             break;
         }
-        got.extend(client.recv(left).await?);
+        got.extend(
+            client
+                .recv(left)
+                .await?
+                .into_iter()
+                .filter(is_person_message),
+        );
     }
     Ok(got)
 }

@@ -35,7 +35,7 @@ async fn offline_then_pull(
         .map(|m| String::from_utf8_lossy(&m.body).into())
         .collect();
     assert_eq!(bodies, (0..n).map(|i| format!("m{i}")).collect::<Vec<_>>());
-    assert!(b.recv(Duration::from_millis(300)).await?.is_empty());
+    assert!(recv_user(&b, Duration::from_millis(300)).await?.is_empty());
     Ok(())
 }
 

@@ -37,7 +37,7 @@ async fn chat_both_ways(node: &SingleNode, ep_a: Endpoint, ep_b: Endpoint) -> an
     seqs.dedup();
     assert_eq!(seqs.len(), 20);
     assert!(
-        b.recv(Duration::from_millis(300)).await?.is_empty(),
+        recv_user(&b, Duration::from_millis(300)).await?.is_empty(),
         "no extra deliveries"
     );
     Ok(())

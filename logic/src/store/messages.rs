@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use im_common::api::ApiError;
-use im_proto::client::{ConversationType, ErrorCode, Message};
+use im_proto::client::{ConversationType, ErrorCode, Message, SystemContentType};
+use sqlx::AnyConnection;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -62,8 +63,21 @@ impl Store {
         items: &[NewMessage],
         now_ms: u64,
     ) -> Result<BatchOutcome, StoreError> {
-        let mut results: Vec<Option<SendResult>> = vec![None; items.len()];
         let mut tx = self.pool.begin().await?;
+        let outcome = self.commit_batch_in(&mut tx, items, now_ms).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// [`Self::commit_batch`] inside a caller's transaction (receipts are
+    /// recorded and sent in the same transaction as their bookkeeping).
+    pub async fn commit_batch_in(
+        &self,
+        tx: &mut AnyConnection,
+        items: &[NewMessage],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut results: Vec<Option<SendResult>> = vec![None; items.len()];
 
         // 1. Unknown recipients are refused before anything is written.
         let wanted: Vec<i64> = items
@@ -146,7 +160,7 @@ impl Store {
                     }
                 }
                 None => {
-                    results[i] = Some(self.original_ack(&mut tx, m).await?);
+                    results[i] = Some(self.original_ack(&mut *tx, m).await?);
                 }
             }
         }
@@ -190,6 +204,7 @@ impl Store {
                         content_type: m.content_type,
                         body: m.body.clone(),
                         sent_at_ms: now_ms,
+                        group_seq: 0,
                     },
                 });
             }
@@ -214,7 +229,6 @@ impl Store {
             }
             query.execute(&mut *tx).await?;
         }
-        tx.commit().await?;
 
         for (i, j) in follows {
             results[i] = results[j].clone().map(|r| {
@@ -241,7 +255,7 @@ impl Store {
     /// The acknowledgement first given for an already stored message.
     async fn original_ack(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut AnyConnection,
         m: &NewMessage,
     ) -> Result<SendResult, StoreError> {
         let row = sqlx::query(
@@ -251,7 +265,7 @@ impl Store {
         )
         .bind(m.sender)
         .bind(m.client_msg_id.as_str())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await?;
         Ok(match row {
             Some(r) => Ok(Stored {
@@ -298,9 +312,20 @@ impl Store {
     }
 }
 
-/// The sender first, then each distinct recipient.
+/// The sender first (except for server pushes, whose sender is no user),
+/// then each distinct recipient.
+/// The sender first (except for server pushes, and DELIVERED receipts, which
+/// concern one device and are only for the original sender), then each
+/// distinct recipient.
 fn inbox_users(m: &NewMessage) -> impl Iterator<Item = i64> + '_ {
-    std::iter::once(m.sender).chain(m.recipients.iter().copied().filter(move |r| *r != m.sender))
+    let no_copy = m.conv_type == ConversationType::S2c
+        || (m.content_type == SystemContentType::Receipt as u32
+            && m.client_msg_id
+                .starts_with(super::receipts::DELIVERED_PREFIX));
+    let sender = (!no_copy).then_some(m.sender);
+    sender
+        .into_iter()
+        .chain(m.recipients.iter().copied().filter(move |r| *r != m.sender))
 }
 
 fn message_from_row(r: &AnyRow) -> Result<Message, sqlx::Error> {
@@ -314,5 +339,6 @@ fn message_from_row(r: &AnyRow) -> Result<Message, sqlx::Error> {
         content_type: r.try_get::<i64, _>(6)? as u32,
         body: r.try_get::<Vec<u8>, _>(7)?.into(),
         sent_at_ms: r.try_get::<i64, _>(8)? as u64,
+        group_seq: 0,
     })
 }

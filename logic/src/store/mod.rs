@@ -9,7 +9,12 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{Any, AnyPool, Executor, Row};
 
+pub mod group_msgs;
+pub mod groups;
+pub mod history;
 pub mod messages;
+pub mod receipts;
+pub mod social;
 mod sql;
 
 pub use messages::{BatchOutcome, Delivery, NewMessage, SendResult, Stored};
@@ -180,33 +185,6 @@ impl Store {
             .map(|r| r.try_get::<i64, _>(0))
             .transpose()?
             .unwrap_or(0) as u64)
-    }
-
-    /// Records the highest sequence a device acknowledged (never moves back).
-    pub async fn save_cursors(
-        &self,
-        cursors: &[(i64, i64, i64)],
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        if cursors.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        for chunk in cursors.chunks(sql::MAX_ROWS_PER_INSERT) {
-            let query = format!(
-                "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) VALUES {} \
-                 ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
-                 updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
-                sql::values(chunk.len(), 4)
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(query));
-            for (user, device, seq) in chunk {
-                q = q.bind(*user).bind(*device).bind(*seq).bind(now_ms);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     pub async fn cursor(&self, user: i64, device: i64) -> Result<u64, StoreError> {

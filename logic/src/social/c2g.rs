@@ -1,0 +1,298 @@
+//! Group messages: a member's message is stored once; groups up to the
+//! write-diffusion threshold get one inbox entry per member (through the
+//! committer, like c2c), larger groups one per-group sequence that members
+//! pull by their own cursor, with pushes batched per gateway.
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use im_common::api::{ApiError, GatewayApi};
+use im_common::route::{LiveRoute, RouteTable};
+use im_proto::client::{C2gSendRequest, ConversationType, Message, PullResponse};
+use im_proto::logic::{PushBatch, PushItem};
+
+use crate::metrics;
+use crate::pusher::Origin;
+use crate::service::{LogicService, MAX_CLIENT_MSG_ID};
+use crate::store::{NewMessage, Store, Stored};
+
+use super::perms::{self, Diffusion};
+use super::{SocialError, SocialResult, now_ms};
+
+/// A stored-later acknowledgement, resolved once the message is durable.
+pub type SendFuture = Pin<Box<dyn Future<Output = Result<Stored, ApiError>> + Send>>;
+
+/// One push batch per gateway for a read-diffusion message: a single item
+/// listing every live connection of every member on that gateway (except
+/// the connection the message came from).
+pub fn plan_group_push(
+    routes: &HashMap<i64, Vec<LiveRoute>>,
+    message: &Message,
+    origin: Option<&Origin>,
+) -> HashMap<String, PushBatch> {
+    let mut conns: HashMap<&str, Vec<u64>> = HashMap::new();
+    for live in routes.values() {
+        for r in live {
+            if origin.is_some_and(|o| o.gate_id == r.route.gate_id && o.conn_id == r.route.conn_id)
+            {
+                continue;
+            }
+            conns
+                .entry(r.gate_addr.as_str())
+                .or_default()
+                .push(r.route.conn_id);
+        }
+    }
+    conns
+        .into_iter()
+        .map(|(addr, mut conn_ids)| {
+            conn_ids.sort_unstable();
+            conn_ids.dedup();
+            let batch = PushBatch {
+                items: vec![PushItem {
+                    conn_ids,
+                    messages: vec![message.clone()],
+                }],
+            };
+            (addr.to_string(), batch)
+        })
+        .collect()
+}
+
+async fn push_group(
+    routes: Arc<dyn RouteTable>,
+    gateways: Arc<dyn GatewayApi>,
+    members: Vec<i64>,
+    message: Message,
+    origin: Option<Origin>,
+) {
+    let live = match routes.lookup(&members).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "route lookup failed; group members pull the message");
+            metrics::PUSH_FAILURES.inc();
+            return;
+        }
+    };
+    let plans = plan_group_push(&live, &message, origin.as_ref());
+    let calls = plans.into_iter().map(|(addr, batch)| {
+        let gateways = gateways.clone();
+        async move {
+            if let Err(e) = gateways.push(&addr, batch).await {
+                tracing::warn!(gateway = %addr, error = %e, "group push failed; members pull the message");
+                metrics::PUSH_FAILURES.inc();
+            }
+        }
+    });
+    futures::future::join_all(calls).await;
+}
+
+/// A group message to store, before diffusion is chosen.
+pub(crate) struct GroupMessage {
+    pub sender: i64,
+    pub group: i64,
+    pub client_msg_id: String,
+    pub content_type: u32,
+    pub body: Bytes,
+}
+
+impl LogicService {
+    /// Validates a member's group message and queues it; the future resolves
+    /// once it is durable (SENT). Refusals as protocol errors (frames).
+    pub async fn send_c2g(
+        &self,
+        sender: i64,
+        req: C2gSendRequest,
+        origin: Option<Origin>,
+    ) -> Result<SendFuture, ApiError> {
+        self.group_send(sender, req, origin)
+            .await
+            .map_err(|e| e.to_api())
+    }
+
+    /// Like [`Self::send_c2g`], with the precise refusal (REST codes).
+    pub async fn group_send(
+        &self,
+        sender: i64,
+        req: C2gSendRequest,
+        origin: Option<Origin>,
+    ) -> SocialResult<SendFuture> {
+        let bad = |m: String| Err(SocialError::BadRequest(m));
+        if req.group_id <= 0 {
+            return bad("`group_id` is required".into());
+        }
+        if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID {
+            return bad(format!(
+                "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
+            ));
+        }
+        if req.body.len() > self.cfg.max_body {
+            return bad(format!("body exceeds {} bytes", self.cfg.max_body));
+        }
+        perms::client_content_type(req.content_type)?;
+        let (group, me) = self.group_and_member(req.group_id, sender).await?;
+        perms::may_send(me.as_ref(), &group, now_ms())?;
+        let msg = GroupMessage {
+            sender,
+            group: req.group_id,
+            client_msg_id: req.client_msg_id,
+            content_type: req.content_type,
+            body: req.body.into(),
+        };
+        self.submit_group(msg, origin).await
+    }
+
+    /// Stores a group message by the group's current diffusion (no permission
+    /// checks: callers check them, system messages skip them).
+    pub(crate) async fn submit_group(
+        &self,
+        msg: GroupMessage,
+        origin: Option<Origin>,
+    ) -> SocialResult<SendFuture> {
+        let members = self.store.member_ids(msg.group).await?;
+        let diffusion = Diffusion::of(members.len(), self.cfg.social.write_diffusion_max);
+        let new = NewMessage {
+            sender: msg.sender,
+            client_msg_id: msg.client_msg_id,
+            conv_type: ConversationType::C2g,
+            target: msg.group,
+            content_type: msg.content_type,
+            body: msg.body,
+            recipients: Vec::new(),
+        };
+        match diffusion {
+            Diffusion::Write => {
+                let rx = self
+                    .committer
+                    .submit(
+                        NewMessage {
+                            recipients: members,
+                            ..new
+                        },
+                        origin,
+                    )
+                    .await?;
+                Ok(Box::pin(async move {
+                    rx.await
+                        .unwrap_or_else(|_| Err(ApiError::unavailable("store is shutting down")))
+                }))
+            }
+            Diffusion::Read => {
+                let (store, routes, gateways) = (
+                    self.store.clone(),
+                    self.routes.clone(),
+                    self.gateways.clone(),
+                );
+                Ok(Box::pin(async move {
+                    commit_read_diffusion(store, routes, gateways, new, members, origin).await
+                }))
+            }
+        }
+    }
+
+    /// One page of a read-diffusion group after the caller's group cursor.
+    pub async fn pull_group(
+        &self,
+        me: i64,
+        group: i64,
+        after_seq: u64,
+        limit: u32,
+    ) -> SocialResult<PullResponse> {
+        let (_, m) = self.group_and_member(group, me).await?;
+        perms::require_member(m)?;
+        let limit = match limit {
+            0 => 100,
+            n => n.min(self.cfg.max_pull),
+        };
+        let (messages, has_more) = self.store.pull_group(group, after_seq, limit).await?;
+        let max_seq = self.store.group_max_seq(group).await?;
+        Ok(PullResponse {
+            messages,
+            has_more,
+            max_seq,
+        })
+    }
+}
+
+async fn commit_read_diffusion(
+    store: Store,
+    routes: Arc<dyn RouteTable>,
+    gateways: Arc<dyn GatewayApi>,
+    msg: NewMessage,
+    members: Vec<i64>,
+    origin: Option<Origin>,
+) -> Result<Stored, ApiError> {
+    let started = std::time::Instant::now();
+    let now = im_proto::now_ms();
+    let stored = store
+        .commit_group_message(&msg, now)
+        .await
+        .map_err(|e| SocialError::Store(e).to_api())?
+        .ok_or_else(|| ApiError::unavailable("message is being stored; retry"))?;
+    if !stored.duplicate {
+        metrics::STORE_LATENCY.observe(started.elapsed().as_secs_f64());
+        metrics::MESSAGES.with_label_values(&["c2g"]).inc();
+        metrics::FANOUT.observe(members.len() as f64);
+        let message = Message {
+            msg_id: stored.msg_id,
+            seq: 0,
+            conv_type: ConversationType::C2g as i32,
+            from: msg.sender,
+            to: msg.target,
+            client_msg_id: msg.client_msg_id,
+            content_type: msg.content_type,
+            body: msg.body,
+            sent_at_ms: stored.sent_at_ms,
+            group_seq: stored.group_seq,
+        };
+        tokio::spawn(push_group(routes, gateways, members, message, origin));
+    }
+    Ok(Stored {
+        msg_id: stored.msg_id,
+        sender_seq: stored.group_seq,
+        sent_at_ms: stored.sent_at_ms,
+        duplicate: stored.duplicate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use im_common::route::Route;
+
+    fn live(gate: &str, conn: u64) -> LiveRoute {
+        LiveRoute {
+            route: Route {
+                device: 2,
+                gate_id: gate.into(),
+                conn_id: conn,
+            },
+            gate_addr: format!("addr-{gate}"),
+        }
+    }
+
+    #[test]
+    fn one_item_per_gateway_without_the_origin() {
+        let routes = HashMap::from([
+            (1, vec![live("a", 1), live("b", 2)]),
+            (2, vec![live("a", 3)]),
+            (3, vec![live("a", 4)]),
+        ]);
+        let m = Message {
+            msg_id: 9,
+            group_seq: 5,
+            ..Default::default()
+        };
+        let origin = Origin {
+            gate_id: "a".into(),
+            conn_id: 1,
+        };
+        let plans = plan_group_push(&routes, &m, Some(&origin));
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans["addr-a"].items.len(), 1);
+        assert_eq!(plans["addr-a"].items[0].conn_ids, vec![3, 4]);
+        assert_eq!(plans["addr-b"].items[0].conn_ids, vec![2]);
+        assert_eq!(plans["addr-b"].items[0].messages[0].group_seq, 5);
+    }
+}
