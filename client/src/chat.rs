@@ -152,6 +152,28 @@ impl ChatClient {
             .await
     }
 
+    /// Pulls a read-diffusion group after its cursor (GROUP_PULL) until
+    /// caught up; what was new is handed out by the next [`Self::recv`].
+    /// Call it after connecting for each read-diffusion group.
+    pub async fn catch_up_group(&self, group: i64) -> Result<(), ClientError> {
+        loop {
+            let after = self.group_cursor(group);
+            let page = self.conn.group_pull(group, after, PULL_PAGE).await?;
+            let end = page.messages.last().map(|m| m.group_seq).unwrap_or(after);
+            let mut st = self.state();
+            for m in page.messages {
+                if st.groups.offer(&m) {
+                    st.ready.push_back(m);
+                }
+            }
+            // A page is contiguous: everything up to `end` is held now.
+            st.groups.set(group, end);
+            if !page.has_more || end <= after {
+                return Ok(());
+            }
+        }
+    }
+
     /// Starts a read-diffusion group's cursor (e.g. at the group's
     /// `max_group_seq` from REST): only later group messages are handed out.
     pub fn set_group_cursor(&self, group: i64, last: u64) {
@@ -240,8 +262,12 @@ impl ChatClient {
                         }
                         let offered = st.tracker.offer(messages);
                         st.ready.extend(offered.ready);
-                        offered.pull_after
+                        (offered.pull_after, st.groups.gaps())
                     };
+                    let (gap, group_gaps) = gap;
+                    for (group, _) in group_gaps {
+                        self.catch_up_group(group).await?;
+                    }
                     if let Some(after) = gap {
                         self.fill_gap(after).await?;
                     }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use im_proto::client::{
     Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, C2sSendRequest, Ctrl,
-    DeviceType, Error as ErrorBody, Heartbeat, Kickout, Message, PullRequest, PullResponse, Push,
-    SendResponse,
+    DeviceType, Error as ErrorBody, GroupPullRequest, Heartbeat, Kickout, Message, PullRequest,
+    PullResponse, Push, SendResponse,
 };
 use im_proto::prost::Message as _;
 use im_proto::{Command, Frame, FrameCodec, FrameError, HEADER_LEN};
@@ -239,6 +239,24 @@ impl Connection {
     pub async fn send_c2c(&self, req: C2cSendRequest) -> Result<SendResponse, ClientError> {
         Ok(SendResponse::decode(
             self.request(Command::C2cSend, req.encode_to_vec()).await?,
+        )?)
+    }
+
+    /// One page of a read-diffusion group after `after_seq` (GROUP_PULL).
+    pub async fn group_pull(
+        &self,
+        group_id: i64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<PullResponse, ClientError> {
+        let body = GroupPullRequest {
+            group_id,
+            after_seq,
+            limit,
+        };
+        Ok(PullResponse::decode(
+            self.request(Command::GroupPull, body.encode_to_vec())
+                .await?,
         )?)
     }
 

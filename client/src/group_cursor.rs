@@ -39,9 +39,24 @@ impl GroupCursors {
         self.groups.get(&group).map_or(0, |c| c.last)
     }
 
-    /// True the first time a message is offered, false for a duplicate.
+    /// Groups with a gap (a later sequence seen, an earlier one missing),
+    /// with the cursor to pull after.
+    pub fn gaps(&self) -> Vec<(i64, u64)> {
+        self.groups
+            .iter()
+            .filter(|(_, c)| !c.ahead.is_empty())
+            .map(|(g, c)| (*g, c.last))
+            .collect()
+    }
+
+    /// True the first time a message is offered, false for a duplicate. A
+    /// group without a cursor starts at this message (like a connection
+    /// starting at the newest inbox message); [`Self::set`] starts earlier.
     pub fn offer(&mut self, m: &Message) -> bool {
-        let c = self.groups.entry(m.to).or_default();
+        let c = self.groups.entry(m.to).or_insert_with(|| Cursor {
+            last: m.group_seq.saturating_sub(1),
+            ahead: BTreeSet::new(),
+        });
         if m.group_seq <= c.last || !c.ahead.insert(m.group_seq) {
             return false;
         }
@@ -75,11 +90,18 @@ mod tests {
         g.set(7, 10);
         assert!(!g.offer(&m(7, 10)));
         assert!(g.offer(&m(7, 12)));
+        assert_eq!(g.gaps(), vec![(7, 10)]);
         assert!(g.offer(&m(7, 11)));
+        assert!(g.gaps().is_empty());
         assert!(!g.offer(&m(7, 12)));
         assert_eq!(g.last(7), 12);
-        assert!(g.offer(&m(8, 1)));
-        assert_eq!(g.last(8), 1);
+        assert!(g.offer(&m(8, 40)));
+        assert_eq!(
+            g.last(8),
+            40,
+            "an unknown group starts at its first message"
+        );
+        assert!(g.gaps().is_empty());
         assert!(GroupCursors::is_group_seq(&m(8, 1)));
     }
 }

@@ -16,6 +16,8 @@ use crate::window::{Due, RetransmitConfig, RetransmitWindow, WindowFull};
 pub struct Identity {
     pub user_id: i64,
     pub route: Route,
+    /// Id of the token the session authenticated with.
+    pub session_id: String,
 }
 
 /// Why a frame could not be queued.

@@ -158,6 +158,12 @@ impl Gateway {
         let Some(h) = self.conns.get(&req.conn_id).map(|h| h.clone()) else {
             return KickReply { found: false };
         };
+        let other_session = !req.session_id.is_empty()
+            && h.identity()
+                .is_some_and(|id| id.session_id != req.session_id);
+        if other_session {
+            return KickReply { found: false };
+        }
         let body = req.kickout.unwrap_or_default().encode_to_vec();
         let _ = h.send(Frame::request(Command::Kickout, 0, body).to_bytes());
         h.close();

@@ -14,7 +14,7 @@ use im_common::route::Route;
 use im_common::shutdown::CancellationToken;
 use im_proto::client::{
     Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, C2sSendRequest, DeviceType,
-    ErrorCode, Heartbeat, PullRequest,
+    ErrorCode, GroupPullRequest, Heartbeat, PullRequest,
 };
 use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
 use im_proto::prost::Message as _;
@@ -147,6 +147,7 @@ where
             gate_id: gw.cfg.gate_id.clone(),
             conn_id: handle.conn_id,
         },
+        session_id: reply.session_id.clone(),
     };
     handle.set_identity(identity.clone());
     let body = AuthResponse {
@@ -237,6 +238,7 @@ async fn handle_frame(
             | Some(Command::C2gSend)
             | Some(Command::C2sSend)
             | Some(Command::Pull)
+            | Some(Command::GroupPull)
     );
     if limited && !bucket.try_take(std::time::Instant::now()) {
         metrics::RATE_LIMITED.inc();
@@ -290,6 +292,10 @@ async fn handle_frame(
         Some(Command::C2gSend) => match C2gSendRequest::decode(frame.body) {
             Ok(r) => up_request::Kind::C2g(r),
             Err(_) => return bad_body("C2gSendRequest"),
+        },
+        Some(Command::GroupPull) => match GroupPullRequest::decode(frame.body) {
+            Ok(r) => up_request::Kind::GroupPull(r),
+            Err(_) => return bad_body("GroupPullRequest"),
         },
         Some(Command::C2sSend) => match C2sSendRequest::decode(frame.body) {
             Ok(r) => up_request::Kind::C2s(r),

@@ -4,7 +4,7 @@ use clap::Args;
 
 use crate::auth::TokenKeys;
 use crate::committer::CommitterConfig;
-use crate::service::LogicConfig;
+use crate::service::{LogicConfig, LoginPolicy};
 
 #[derive(Debug, Clone, Args)]
 pub struct LogicArgs {
@@ -23,6 +23,9 @@ pub struct LogicArgs {
     /// Most messages one pull returns.
     #[arg(long, env = "IM_MAX_PULL", default_value_t = 500)]
     pub max_pull: u32,
+    /// A second login on the same device type: kick-previous or reject-new.
+    #[arg(long, env = "IM_LOGIN_POLICY", value_enum, default_value_t = LoginPolicy::KickPrevious)]
+    pub login_policy: LoginPolicy,
     /// Server API keys for the s2c REST API, comma-separated `name:key`
     /// pairs (keys ≥ 16 bytes); none disables server push.
     #[arg(long, env = "IM_SERVER_API_KEYS", default_value = "", hide_env_values = true,
@@ -50,6 +53,7 @@ impl LogicArgs {
         LogicConfig {
             max_body,
             max_pull: self.max_pull.max(1),
+            login_policy: self.login_policy,
             committer: CommitterConfig {
                 shards: if sqlite { 1 } else { self.store_shards.max(1) },
                 max_batch: self.store_max_batch.max(1),

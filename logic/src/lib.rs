@@ -36,6 +36,7 @@ pub mod pusher;
 pub mod rest;
 pub mod s2c;
 pub mod service;
+pub mod sessions;
 pub mod social;
 pub mod store;
 

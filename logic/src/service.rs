@@ -27,6 +27,7 @@ pub struct LogicConfig {
     pub max_body: usize,
     pub max_pull: u32,
     pub committer: CommitterConfig,
+    pub login_policy: LoginPolicy,
     /// Keys of the server push API (s2c); none disables it.
     pub server_api_keys: crate::s2c::ApiKeys,
     /// Friends, groups, diffusion and revoke policies.
@@ -34,6 +35,16 @@ pub struct LogicConfig {
 }
 
 pub const MAX_CLIENT_MSG_ID: usize = 64;
+
+/// What a second login of a user on the same device type does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LoginPolicy {
+    /// The new session wins; the old one gets a KICKOUT frame and is closed.
+    #[default]
+    KickPrevious,
+    /// The new session is refused while the old one is online.
+    RejectNew,
+}
 
 pub struct LogicService {
     pub(crate) store: Store,
@@ -180,6 +191,7 @@ async fn kick_replaced(routes: &dyn RouteTable, gateways: &dyn GatewayApi, old: 
             reason: KickReason::OtherLogin as i32,
             message: "logged in on another device of the same type".into(),
         }),
+        session_id: String::new(),
     };
     if let Err(e) = gateways.kick(&addr, req).await {
         tracing::warn!(error = %e, gateway = %addr, "failed to kick replaced session");
@@ -196,6 +208,9 @@ impl LogicApi for LogicService {
                 gate_id: req.gate_id.clone(),
                 conn_id: req.conn_id,
             };
+            if self.cfg.login_policy == LoginPolicy::RejectNew {
+                self.refuse_second_login(claims.sub, &route).await?;
+            }
             let old = self
                 .routes
                 .set_route(claims.sub, &route)
@@ -215,6 +230,7 @@ impl LogicApi for LogicService {
             Ok(AuthReply {
                 user_id: claims.sub,
                 max_seq,
+                session_id: claims.jti,
             })
         }
         .await;
@@ -244,6 +260,9 @@ impl LogicApi for LogicService {
                         ready_reply(e.into_reply(req_id))
                     }
                 }
+            }
+            Some(up_request::Kind::GroupPull(p)) => {
+                self.submit_group_pull(req_id, req.user_id, p).await
             }
             Some(up_request::Kind::C2s(c2s)) => {
                 self.submit_c2s(req_id, req.user_id, req.device, c2s).await

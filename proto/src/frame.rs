@@ -36,10 +36,11 @@ pub enum Command {
     Push = 0x0009,
     Ctrl = 0x000A,
     C2sSend = 0x000B,
+    GroupPull = 0x000C,
 }
 
 impl Command {
-    pub const ALL: [Command; 11] = [
+    pub const ALL: [Command; 12] = [
         Command::Auth,
         Command::Logout,
         Command::Kickout,
@@ -51,6 +52,7 @@ impl Command {
         Command::Push,
         Command::Ctrl,
         Command::C2sSend,
+        Command::GroupPull,
     ];
 
     pub fn from_code(code: u16) -> Option<Command> {
@@ -71,6 +73,7 @@ impl Command {
             Command::Push => "push",
             Command::Ctrl => "ctrl",
             Command::C2sSend => "c2s_send",
+            Command::GroupPull => "group_pull",
         }
     }
 }

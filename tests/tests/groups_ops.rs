@@ -445,3 +445,45 @@ async fn read_diffusion_through_a_connected_client() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn read_diffusion_catch_up_over_the_connection() -> anyhow::Result<()> {
+    let node = SingleNode::start(&["--group-write-diffusion-max", "1"]).await?;
+    let api = node.api();
+    let ann = new_user(&api, &unique("ann")).await?;
+    let ben = new_user(&api, &unique("ben")).await?;
+    let out = new_user(&api, &unique("out")).await?;
+    let gid = api.create_group_id(&ann.token, "pair", &[ben.id]).await?;
+    for i in 0..7 {
+        let (id, text) = (format!("m-{i}"), format!("text {i}"));
+        retry(|| api.send_group(&ann.token, gid, &id, &text)).await?;
+    }
+    // Ben was offline: GROUP_PULL on his connection from cursor 0, in pages.
+    let b = online(&node.tcp_endpoint(), &ben).await?;
+    b.set_group_cursor(gid, 0);
+    let page = b.conn.group_pull(gid, 0, 3).await?;
+    assert_eq!(
+        page.messages
+            .iter()
+            .map(|m| m.group_seq)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(page.has_more);
+    assert_eq!(page.max_seq, 7);
+    b.catch_up_group(gid).await?;
+    let got = recv_user_messages(&b, 7, WAIT).await?;
+    assert_eq!(
+        texts_from(&got, ann.id),
+        (0..7).map(|i| format!("text {i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(b.group_cursor(gid), 7);
+    // A non-member's GROUP_PULL is refused.
+    let o = online(&node.tcp_endpoint(), &out).await?;
+    assert_frame_refused(
+        o.conn.group_pull(gid, 0, 10).await,
+        im_proto::client::ErrorCode::Forbidden,
+        "not a member",
+    );
+    Ok(())
+}

@@ -151,9 +151,7 @@ pub async fn logout(
 ) -> Result<StatusCode, RestError> {
     let r = async {
         let claims = bearer(&svc, &headers).await?;
-        svc.store
-            .revoke_token(&claims.jti, claims.exp as i64 * 1000)
-            .await?;
+        svc.logout(&claims).await?;
         Ok(StatusCode::NO_CONTENT)
     }
     .await;

@@ -7,10 +7,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use im_common::api::{ApiError, GatewayApi};
+use im_common::api::{ApiError, GatewayApi, ReplyFuture, ready_reply};
 use im_common::route::{LiveRoute, RouteTable};
-use im_proto::client::{C2gSendRequest, ConversationType, Message, PullResponse};
-use im_proto::logic::{PushBatch, PushItem};
+use im_proto::client::{C2gSendRequest, ConversationType, GroupPullRequest, Message, PullResponse};
+use im_proto::logic::{PushBatch, PushItem, UpReply, up_reply};
 
 use crate::metrics;
 use crate::pusher::Origin;
@@ -189,6 +189,28 @@ impl LogicService {
                 }))
             }
         }
+    }
+
+    /// GROUP_PULL from a connection: one page, as an upstream reply.
+    pub(crate) async fn submit_group_pull(
+        &self,
+        req_id: u64,
+        user: i64,
+        p: GroupPullRequest,
+    ) -> ReplyFuture {
+        let r = self
+            .pull_group(user, p.group_id, p.after_seq, p.limit)
+            .await
+            .map_err(|e| e.to_api());
+        metrics::request("group_pull", crate::service::code_label(&r));
+        ready_reply(match r {
+            Ok(page) => UpReply {
+                req_id,
+                kind: Some(up_reply::Kind::Pulled(page)),
+                ..Default::default()
+            },
+            Err(e) => e.into_reply(req_id),
+        })
     }
 
     /// One page of a read-diffusion group after the caller's group cursor.

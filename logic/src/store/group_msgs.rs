@@ -24,7 +24,7 @@ impl Store {
         m: &NewMessage,
         now_ms: u64,
     ) -> Result<Option<GroupStored>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "INSERT INTO messages (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id",

@@ -76,7 +76,7 @@ impl Store {
         members: &[i64],
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "INSERT INTO chat_groups (name, owner_id, join_policy, created_at_ms) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -167,7 +167,7 @@ impl Store {
         if users.is_empty() {
             return Ok(0);
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let rows: Vec<(i64, i64)> = users.iter().map(|u| (*u, 0)).collect();
         let n = insert_members(&mut tx, group, &rows, now_ms).await?;
         for chunk in users.chunks(sql::MAX_ROWS_PER_INSERT) {
@@ -242,7 +242,7 @@ impl Store {
 
     /// Makes `to` the owner; the old owner becomes an admin. One transaction.
     pub async fn transfer_group(&self, group: i64, from: i64, to: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE chat_groups SET owner_id = $1 WHERE id = $2")
             .bind(to)
             .bind(group)
@@ -262,7 +262,7 @@ impl Store {
 
     /// Marks a group dismissed and removes every member and join request.
     pub async fn dismiss_group(&self, group: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE chat_groups SET dismissed = 1 WHERE id = $1")
             .bind(group)
             .execute(&mut *tx)

@@ -63,7 +63,7 @@ impl Store {
         items: &[NewMessage],
         now_ms: u64,
     ) -> Result<BatchOutcome, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let outcome = self.commit_batch_in(&mut tx, items, now_ms).await?;
         tx.commit().await?;
         Ok(outcome)

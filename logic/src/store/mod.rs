@@ -81,6 +81,17 @@ impl Store {
         Ok(Store { pool, backend })
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock up front (`BEGIN IMMEDIATE`): a deferred transaction that reads
+    /// first and then writes fails with SQLITE_BUSY instead of waiting when
+    /// another writer (the committer beside the acker, say) got there first.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -111,7 +122,7 @@ impl Store {
         password_hash: &str,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "INSERT INTO users (username, password_hash, created_at_ms) VALUES ($1, $2, $3) RETURNING id",
         )

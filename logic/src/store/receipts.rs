@@ -35,7 +35,7 @@ impl Store {
         acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut receipts = Vec::new();
         for ack in acks {
             receipts.extend(self.apply_ack(&mut tx, *ack, now_ms).await?);

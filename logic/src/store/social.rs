@@ -156,7 +156,7 @@ impl Store {
     /// Makes `a` and `b` friends with `key` (both rows in one transaction),
     /// and closes every pending request between them as accepted.
     pub async fn befriend(&self, a: i64, b: i64, key: &str, now_ms: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (x, y) in [(a, b), (b, a)] {
             sqlx::query(
                 "INSERT INTO friends (user_id, friend_id, pair_key, created_at_ms) VALUES ($1, $2, $3, $4) \
