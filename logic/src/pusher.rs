@@ -101,7 +101,14 @@ async fn push_once(
     let mut users: Vec<i64> = deliveries.iter().map(|(d, _)| d.user).collect();
     users.sort_unstable();
     users.dedup();
-    let live = match routes_table.lookup(&users).await {
+    // One retry: after a Redis restart the first command on the old
+    // connection fails and the connection manager reconnects.
+    let first = routes_table.lookup(&users).await;
+    let retried = match first {
+        Ok(l) => Ok(l),
+        Err(_) => routes_table.lookup(&users).await,
+    };
+    let live = match retried {
         Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "route lookup failed; messages stay in the inbox");

@@ -1,6 +1,7 @@
 //! The OpenAPI document: valid JSON of OpenAPI 3, every REST route listed
-//! with its method, every route secured by the bearer scheme except sign-up
-//! and login, and every referenced schema defined.
+//! with its method, every route secured (bearer token, or the server API
+//! key for `/api/v1/s2c`) except sign-up and login, and every referenced
+//! schema defined.
 use serde_json::Value;
 
 /// (method, path) of every REST route under `/api/v1`.
@@ -45,6 +46,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/conversations"),
     ("get", "/api/v1/conversations/{conv_id}/messages"),
     ("post", "/api/v1/conversations/{conv_id}/read"),
+    ("post", "/api/v1/s2c/messages"),
+    ("get", "/api/v1/s2c/users/{username}"),
 ];
 
 fn doc() -> Value {
@@ -83,6 +86,7 @@ fn every_reference_resolves() {
     let doc = doc();
     let schemas = doc["components"]["schemas"].as_object().expect("schemas");
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
     let mut refs = Vec::new();
     collect_refs(&doc, &mut refs);
     assert!(!refs.is_empty());

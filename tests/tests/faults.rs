@@ -108,3 +108,98 @@ async fn postgres_restarted() -> anyhow::Result<()> {
     eprintln!("{report:?}");
     Ok(())
 }
+
+async fn route_fields(redis_url: &str, key: &str) -> anyhow::Result<usize> {
+    let client = redis::Client::open(redis_url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let n: usize = redis::cmd("HLEN").arg(key).query_async(&mut conn).await?;
+    Ok(n)
+}
+
+#[tokio::test]
+async fn gateways_reregister_sessions_after_a_redis_restart() -> anyhow::Result<()> {
+    let mut redis = TestRedis::start().await?;
+    let opts = ClusterOptions {
+        redis_url: redis.url.clone(),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(opts, 2, 1).await?;
+    let api = cluster.api(0);
+    let alice = new_user(&api, &unique("alice")).await?;
+    let bob = new_user(&api, &unique("bob")).await?;
+    let a = online(&cluster.tcp_endpoint(0), &alice).await?;
+    let b = online(&cluster.tcp_endpoint(1), &bob).await?;
+    let key = format!("{}route:{}", cluster.redis_prefix, bob.id);
+    assert_eq!(route_fields(&redis.url, &key).await?, 1);
+    redis.restart().await?;
+    assert_eq!(
+        route_fields(&redis.url, &key).await?,
+        0,
+        "Redis came back empty"
+    );
+    // Gateways renew every 5 s; the lapse makes them record live sessions again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    while route_fields(&redis.url, &key).await.unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions were not re-registered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A push reaches bob again, without any pull.
+    a.send_text(bob.id, "after the restart").await?;
+    let got = recv_n(&b, 1, Duration::from_secs(5)).await?;
+    assert_eq!(&got[0].body[..], b"after the restart");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restarted_gateway_leaves_no_stale_routes() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2, 1).await?;
+    let api = cluster.api(0);
+    let alice = new_user(&api, &unique("alice")).await?;
+    let bob = new_user(&api, &unique("bob")).await?;
+    let a = online(&cluster.tcp_endpoint(1), &alice).await?;
+    let b = online(&cluster.tcp_endpoint(0), &bob).await?;
+    let key = format!("{}route:{}", cluster.redis_prefix, bob.id);
+    let redis_url = redis_url();
+    assert_eq!(route_fields(&redis_url, &key).await?, 1);
+    // kill -9 gateway 0 and start it again under the same id: bob's route
+    // still names it, with a connection that no longer exists.
+    let mut cluster = cluster;
+    cluster.gateways[0].restart()?;
+    wait_http_ok(
+        &format!("http://{}/readyz", cluster.gateway_http[0]),
+        Duration::from_secs(30),
+    )
+    .await?;
+    drop(b);
+    assert_eq!(
+        route_fields(&redis_url, &key).await?,
+        1,
+        "the stale route is still there"
+    );
+    // The first push to it finds the connection missing and clears the route.
+    let sent = a.send_text(bob.id, "while you were away").await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while route_fields(&redis_url, &key).await? != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "stale route not cleared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing lost: bob finds it when he comes back.
+    let b = im_client::ChatClient::connect(
+        &cluster.tcp_endpoint(0),
+        &bob.token,
+        im_client::DeviceType::Desktop,
+        Some(0),
+    )
+    .await?;
+    assert_eq!(
+        recv_n(&b, 1, Duration::from_secs(5)).await?[0].msg_id,
+        sent.msg_id
+    );
+    Ok(())
+}

@@ -45,6 +45,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/conversations"),
     ("get", "/api/v1/conversations/{conv_id}/messages"),
     ("post", "/api/v1/conversations/{conv_id}/read"),
+    ("post", "/api/v1/s2c/messages"),
+    ("get", "/api/v1/s2c/users/{username}"),
 ];
 
 #[tokio::test]

@@ -9,6 +9,7 @@
 //! - [`groups`] and [`members`]: group lifecycle, membership, group messages.
 //! - [`conversations`]: conversation list, history, mark read.
 //! - [`extract`]: JSON-error extractors (body, path, query, bearer caller).
+//! - [`server_api`]: OpenAPI entries of the server push routes (`crate::s2c`).
 use std::sync::Arc;
 
 use axum::Router;
@@ -37,6 +38,7 @@ pub mod friends;
 pub mod groups;
 pub mod members;
 pub mod messages;
+pub mod server_api;
 
 pub use messages::message_json;
 
@@ -202,6 +204,7 @@ pub fn openapi() -> OpenApi {
     doc.info.description =
         Some("Accounts, messages, friends, groups and conversations; see docs/protocol.md.".into());
     BearerScheme.modify(&mut doc);
+    server_api::add_server_api(&mut doc);
     doc
 }
 
