@@ -98,7 +98,7 @@ async fn exercise(store: &Store) {
         .unwrap();
     assert!(dup.duplicate);
     assert_eq!((dup.msg_id, dup.group_seq), (m1.msg_id, 1));
-    let (page, more) = store.pull_group(g, 1, 10).await.unwrap();
+    let (page, more) = store.pull_group(g, 0, 1, 10).await.unwrap();
     assert!(!more);
     assert_eq!(page.len(), 1);
     assert_eq!(

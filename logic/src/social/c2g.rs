@@ -222,12 +222,16 @@ impl LogicService {
         limit: u32,
     ) -> SocialResult<PullResponse> {
         let (_, m) = self.group_and_member(group, me).await?;
-        perms::require_member(m)?;
+        // A member sees the group from the moment they joined.
+        let since = perms::require_member(m)?.joined_at_ms;
         let limit = match limit {
             0 => 100,
             n => n.min(self.cfg.max_pull),
         };
-        let (messages, has_more) = self.store.pull_group(group, after_seq, limit).await?;
+        let (messages, has_more) = self
+            .store
+            .pull_group(group, since, after_seq, limit)
+            .await?;
         let max_seq = self.store.group_max_seq(group).await?;
         Ok(PullResponse {
             messages,

@@ -84,21 +84,23 @@ impl Store {
         }))
     }
 
-    /// Up to `limit` read-diffusion messages of a group after `after_seq`,
-    /// ascending; each has `seq` 0 and `group_seq` set.
+    /// Up to `limit` read-diffusion messages of a group after `after_seq`
+    /// sent at or after `since_ms`, ascending; each has `seq` 0 and `group_seq` set.
     pub async fn pull_group(
         &self,
         group: i64,
+        since_ms: i64,
         after_seq: u64,
         limit: u32,
     ) -> Result<(Vec<Message>, bool), StoreError> {
         let rows = sqlx::query(
             "SELECT g.seq, m.id, m.sender, m.conv_type, m.target, m.client_msg_id, m.content_type, m.body, m.sent_at_ms \
              FROM group_inbox g JOIN messages m ON m.id = g.msg_id \
-             WHERE g.group_id = $1 AND g.seq > $2 ORDER BY g.seq LIMIT $3",
+             WHERE g.group_id = $1 AND g.seq > $2 AND m.sent_at_ms >= $3 ORDER BY g.seq LIMIT $4",
         )
         .bind(group)
         .bind(after_seq as i64)
+        .bind(since_ms)
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
