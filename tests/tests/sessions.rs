@@ -231,3 +231,36 @@ async fn a_slow_consumer_is_cut_off_with_bounded_memory() -> anyhow::Result<()> 
     drop(sock);
     Ok(())
 }
+
+#[tokio::test]
+async fn sending_too_fast_is_rate_limited_and_counted() -> anyhow::Result<()> {
+    let node = SingleNode::start(&["--rate-limit", "5", "--rate-burst", "5"]).await?;
+    let api = node.api();
+    let alice = new_user(&api, &unique("alice")).await?;
+    let bob = new_user(&api, &unique("bob")).await?;
+    let a = online(&node.tcp_endpoint(), &alice).await?;
+    let mut limited = 0;
+    let mut stored = 0;
+    for i in 0..20 {
+        match a.send_text(bob.id, &format!("fast {i}")).await {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::RateLimited as i32), "{e}");
+                assert!(e.is_retryable());
+                limited += 1;
+            }
+        }
+    }
+    assert!(
+        stored >= 5 && limited >= 10,
+        "stored {stored}, limited {limited}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", node.http))
+        .await?
+        .text()
+        .await?;
+    assert!(metrics.contains(&format!("im_gateway_rate_limited_total {limited}")));
+    // Heartbeats are not limited, and the connection stays up.
+    a.conn.heartbeat().await?;
+    Ok(())
+}

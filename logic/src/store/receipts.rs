@@ -68,10 +68,9 @@ impl Store {
                 .map(|r| r.try_get(0))
                 .transpose()?
                 .unwrap_or(0);
-        let seq = (ack.seq.min(i64::MAX as u64) as i64).min(max);
-        if seq <= old {
+        let Some((old, seq)) = ack_range(old, ack.seq, max) else {
             return Ok(Vec::new());
-        }
+        };
         let rows = sqlx::query(
             "SELECT m.id, m.sender FROM inbox i JOIN messages m ON m.id = i.msg_id \
              WHERE i.user_id = $1 AND i.seq > $2 AND i.seq <= $3 AND m.sender <> $1 \
@@ -84,7 +83,7 @@ impl Store {
         .bind(SYSTEM_CONTENT_TYPES)
         .fetch_all(&mut *tx)
         .await?;
-        let mut senders: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        let mut newly: Vec<(i64, i64)> = Vec::new();
         for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
             let q = format!(
                 "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) VALUES {} \
@@ -106,7 +105,7 @@ impl Store {
             for row in query.fetch_all(&mut *tx).await? {
                 let msg_id: i64 = row.try_get(0)?;
                 if let Some(s) = sender_of.get(&msg_id) {
-                    senders.entry(*s).or_default().push(msg_id);
+                    newly.push((msg_id, *s));
                 }
             }
         }
@@ -121,29 +120,79 @@ impl Store {
         .bind(now_ms as i64)
         .execute(&mut *tx)
         .await?;
-        Ok(senders
-            .into_iter()
-            .map(|(sender, mut msg_ids)| {
-                msg_ids.sort_unstable();
-                let (first, last) = (msg_ids[0], msg_ids[msg_ids.len() - 1]);
-                let body = Receipt {
-                    kind: ReceiptKind::Delivered as i32,
-                    reader: user,
-                    device: DeviceType::try_from(ack.device).unwrap_or_default() as i32,
-                    msg_ids,
-                    up_to_msg_id: 0,
-                };
-                NewMessage {
-                    sender: user,
-                    // Receipt sets of one device are disjoint, so (first, last) is unique.
-                    client_msg_id: format!("{DELIVERED_PREFIX}{device}:{first}:{last}"),
-                    conv_type: ConversationType::C2c,
-                    target: sender,
-                    content_type: SystemContentType::Receipt as u32,
-                    body: body.encode_to_vec().into(),
-                    recipients: vec![sender],
-                }
-            })
-            .collect())
+        Ok(receipt_messages(user, ack.device, newly))
+    }
+}
+
+/// The part of the inbox an acknowledgement newly covers: `(old, new]`, with
+/// the ack clamped to the newest message; `None` when it covers nothing new.
+pub fn ack_range(old: i64, ack: u64, max: i64) -> Option<(i64, i64)> {
+    let new = (ack.min(i64::MAX as u64) as i64).min(max);
+    (new > old).then_some((old, new))
+}
+
+/// One DELIVERED receipt message per original sender for the messages
+/// `reader`'s `device` newly holds (`(msg_id, sender)` pairs).
+pub fn receipt_messages(reader: i64, device: i32, newly: Vec<(i64, i64)>) -> Vec<NewMessage> {
+    let mut senders: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (msg_id, sender) in newly {
+        senders.entry(sender).or_default().push(msg_id);
+    }
+    senders
+        .into_iter()
+        .map(|(sender, mut msg_ids)| {
+            msg_ids.sort_unstable();
+            msg_ids.dedup();
+            let (first, last) = (msg_ids[0], msg_ids[msg_ids.len() - 1]);
+            let body = Receipt {
+                kind: ReceiptKind::Delivered as i32,
+                reader,
+                device: DeviceType::try_from(device).unwrap_or_default() as i32,
+                msg_ids,
+                up_to_msg_id: 0,
+            };
+            NewMessage {
+                sender: reader,
+                // Receipt sets of one device are disjoint, so (first, last) is unique.
+                client_msg_id: format!("{DELIVERED_PREFIX}{device}:{first}:{last}"),
+                conv_type: ConversationType::C2c,
+                target: sender,
+                content_type: SystemContentType::Receipt as u32,
+                body: body.encode_to_vec().into(),
+                recipients: vec![sender],
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ack_ranges() {
+        assert_eq!(ack_range(0, 5, 10), Some((0, 5)));
+        assert_eq!(ack_range(3, 50, 10), Some((3, 10)), "clamped to the newest");
+        assert_eq!(ack_range(5, 5, 10), None, "nothing new");
+        assert_eq!(ack_range(7, 5, 10), None, "never back");
+        assert_eq!(ack_range(0, u64::MAX, 4), Some((0, 4)));
+    }
+
+    #[test]
+    fn one_receipt_per_sender_with_a_unique_id() {
+        let msgs = receipt_messages(9, 2, vec![(30, 1), (10, 1), (20, 2), (10, 1)]);
+        assert_eq!(msgs.len(), 2);
+        let to1 = &msgs[0];
+        assert_eq!(
+            (to1.sender, to1.target, to1.recipients.clone()),
+            (9, 1, vec![1])
+        );
+        assert_eq!(to1.client_msg_id, "dlv:2:10:30");
+        let r = Receipt::decode(to1.body.clone()).unwrap();
+        assert_eq!(r.msg_ids, vec![10, 30]);
+        assert_eq!(r.kind, ReceiptKind::Delivered as i32);
+        assert_eq!(r.device, DeviceType::Desktop as i32);
+        assert_eq!(msgs[1].client_msg_id, "dlv:2:20:20");
+        assert!(receipt_messages(9, 2, Vec::new()).is_empty());
     }
 }
