@@ -104,29 +104,7 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut bytes = 0usize;
-        for r in rows.iter().take(limit as usize) {
-            if !out.is_empty() && bytes >= super::messages::MAX_PULL_BYTES {
-                break;
-            }
-            let m = Message {
-                seq: 0,
-                group_seq: r.try_get::<i64, _>(0)? as u64,
-                msg_id: r.try_get(1)?,
-                from: r.try_get(2)?,
-                conv_type: r.try_get::<i64, _>(3)? as i32,
-                to: r.try_get(4)?,
-                client_msg_id: r.try_get(5)?,
-                content_type: r.try_get::<i64, _>(6)? as u32,
-                body: r.try_get::<Vec<u8>, _>(7)?.into(),
-                sent_at_ms: r.try_get::<i64, _>(8)? as u64,
-            };
-            bytes += m.body.len() + m.client_msg_id.len() + 64;
-            out.push(m);
-        }
-        let has_more = rows.len() > out.len();
-        Ok((out, has_more))
+        Ok(super::messages::page(&rows, limit, true)?)
     }
 
     /// The highest read-diffusion sequence of a group (0 when none).
@@ -135,9 +113,6 @@ impl Store {
             .bind(group)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()?
-            .unwrap_or(0) as u64)
+        Ok(super::first_u64(row)?)
     }
 }

@@ -296,24 +296,38 @@ impl Store {
         .bind(i64::from(limit) + 1)
         .fetch_all(&self.pool)
         .await?;
-        let mut messages = Vec::with_capacity(rows.len().min(limit as usize));
-        let mut bytes = 0usize;
-        for row in rows.iter().take(limit as usize) {
-            // Keep a page well under any client's frame limit.
-            if !messages.is_empty() && bytes >= MAX_PULL_BYTES {
-                break;
-            }
-            let m = message_from_row(row)?;
-            bytes += m.body.len() + m.client_msg_id.len() + 64;
-            messages.push(m);
-        }
-        let has_more = rows.len() > messages.len();
-        Ok((messages, has_more))
+        Ok(page(&rows, limit, false)?)
     }
 }
 
-/// The sender first (except for server pushes, whose sender is no user),
-/// then each distinct recipient.
+/// One pull page from rows of (seq, id, sender, conv_type, target,
+/// client_msg_id, content_type, body, sent_at_ms): at most `limit` messages,
+/// stopping once the bodies pass [`MAX_PULL_BYTES`] (a page stays well under
+/// any client's frame limit); and whether more rows follow. With `group_seq`
+/// the first column is the group's sequence (read diffusion), not the inbox's.
+pub(super) fn page(
+    rows: &[AnyRow],
+    limit: u32,
+    group_seq: bool,
+) -> Result<(Vec<Message>, bool), sqlx::Error> {
+    let mut messages = Vec::with_capacity(rows.len().min(limit as usize));
+    let mut bytes = 0usize;
+    for row in rows.iter().take(limit as usize) {
+        if !messages.is_empty() && bytes >= MAX_PULL_BYTES {
+            break;
+        }
+        let mut m = message_from_row(row)?;
+        if group_seq {
+            m.group_seq = m.seq;
+            m.seq = 0;
+        }
+        bytes += m.body.len() + m.client_msg_id.len() + 64;
+        messages.push(m);
+    }
+    let has_more = rows.len() > messages.len();
+    Ok((messages, has_more))
+}
+
 /// The sender first (except for server pushes, and DELIVERED receipts, which
 /// concern one device and are only for the original sender), then each
 /// distinct recipient.

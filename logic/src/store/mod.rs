@@ -192,10 +192,7 @@ impl Store {
             .bind(user)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()?
-            .unwrap_or(0) as u64)
+        Ok(first_u64(row)?)
     }
 
     pub async fn cursor(&self, user: i64, device: i64) -> Result<u64, StoreError> {
@@ -205,11 +202,16 @@ impl Store {
                 .bind(device)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row
-            .map(|r| r.try_get::<i64, _>(0))
-            .transpose()?
-            .unwrap_or(0) as u64)
+        Ok(first_u64(row)?)
     }
+}
+
+/// The first column of an optional row as a u64 (0 when there is no row).
+pub(crate) fn first_u64(row: Option<sqlx::any::AnyRow>) -> Result<u64, sqlx::Error> {
+    Ok(row
+        .map(|r| r.try_get::<i64, _>(0))
+        .transpose()?
+        .unwrap_or(0) as u64)
 }
 
 fn backend_of(url: &str) -> Result<Backend, StoreError> {
