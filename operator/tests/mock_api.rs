@@ -310,3 +310,30 @@ async fn unreachable_prometheus_holds_replicas_and_reports_degraded() {
     reconcile(Arc::new(imc), ctx).await.expect("reconcile");
     finish(server).await;
 }
+
+#[tokio::test]
+async fn a_child_deleted_by_hand_is_applied_again() {
+    let (ctx, mut api) = context();
+    let imc = cluster();
+    let expected = imc.clone();
+    let server = tokio::spawn(async move {
+        // The gateway Deployment is there; someone deleted the logic one.
+        let gw = deployment("chat-gateway", "ghcr.io/example/im-gateway:0.1.0", 2, 2);
+        api.expect(Method::GET, GATEWAY).await.reply(200, &gw);
+        api.expect(Method::GET, LOGIC).await.fail(404, "NotFound");
+        let applied = api.expect_children_applied().await;
+        let lg = &applied["Deployment/chat-logic"];
+        assert_eq!(
+            lg["spec"]["template"]["spec"]["containers"][0]["image"],
+            "ghcr.io/example/im-logic:0.1.0"
+        );
+        assert_eq!(lg["metadata"]["ownerReferences"][0]["kind"], "ImCluster");
+        let status = api.expect_status(&expected).await;
+        assert_eq!(status.gateways_ready.as_deref(), Some("2/2"));
+        assert_eq!(status.logic_ready.as_deref(), Some("0/2"));
+        assert!(status.is_true(condition_type::PROGRESSING));
+        api.expect_silence().await;
+    });
+    reconcile(Arc::new(imc), ctx).await.expect("reconcile");
+    finish(server).await;
+}
