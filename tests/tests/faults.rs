@@ -203,3 +203,83 @@ async fn a_restarted_gateway_leaves_no_stale_routes() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_during_the_burst() -> anyhow::Result<()> {
+    use bytes::Bytes;
+    use im_proto::prost::Message as _;
+    use tokio::io::AsyncWriteExt;
+
+    let opts = ClusterOptions {
+        env: vec![
+            ("IM_ACK_TIMEOUT_MS".into(), "500".into()),
+            ("IM_OUTBOUND_QUEUE".into(), "64".into()),
+        ],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(opts, 2, 2).await?;
+    let b = burst(&cluster, users(&cluster).await?);
+    let api = cluster.api(0);
+    let slow = new_user(&api, &unique("slow")).await?;
+    let flood = new_user(&api, &unique("flood")).await?;
+    // The slow client authenticates on gateway 0 over a raw socket, then never reads.
+    let mut sock = tokio::net::TcpStream::connect(&cluster.gateway_tcp[0]).await?;
+    let auth = im_proto::client::AuthRequest {
+        token: slow.token.clone(),
+        device: im_proto::client::DeviceType::Desktop as i32,
+        device_id: String::new(),
+    };
+    sock.write_all(
+        &im_proto::Frame::request(im_proto::Command::Auth, 1, auth.encode_to_vec()).to_bytes(),
+    )
+    .await?;
+    let flooder = online(&cluster.tcp_endpoint(1), &flood).await?;
+    let gw0 = cluster.gateways[0].pid();
+    let before = rss_kib(gw0);
+    let report = b
+        .run(USERS * PER_USER / 3, || async {
+            // 48 MiB for the slow client while the burst goes on.
+            let blob = Bytes::from(vec![b'x'; 32 * 1024]);
+            for i in 0..1500 {
+                flooder
+                    .send_with_id(slow.id, &format!("big-{i}"), 1, blob.clone())
+                    .await?;
+            }
+            Ok(())
+        })
+        .await?;
+    let after = rss_kib(gw0);
+    eprintln!("{report:?}; gateway-0 RSS {before} KiB -> {after} KiB");
+    let metrics = reqwest::get(format!("http://{}/metrics", cluster.gateway_http[0]))
+        .await?
+        .text()
+        .await?;
+    let cut_off = metrics.contains("im_gateway_slow_consumer_disconnects_total 1")
+        || metrics.contains("im_gateway_push_giveups_total 1");
+    let lines: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("im_gateway_slow")
+                || l.starts_with("im_gateway_push_g")
+                || l.starts_with("im_gateway_conn")
+        })
+        .collect();
+    assert!(cut_off, "the slow consumer is disconnected: {lines:?}");
+    assert!(
+        after < before + 32 * 1024,
+        "gateway RSS grew from {before} KiB to {after} KiB"
+    );
+    drop(sock);
+    Ok(())
+}
