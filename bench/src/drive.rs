@@ -1,0 +1,216 @@
+//! Runs senders against connected clients for a while, then drains, checks
+//! exactly-once delivery and computes the rate and latency figures.
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use im_client::ChatClient;
+
+use crate::flow::{self, Dest, Shared};
+use crate::ledger::{self, SenderLog};
+use crate::run::{Outcome, spinner};
+use crate::sys::CpuSampler;
+use crate::target::Target;
+use crate::timeline::Timeline;
+
+/// How senders pace themselves.
+#[derive(Debug, Clone, Copy)]
+pub enum Pace {
+    /// Each sender keeps `window` messages undelivered.
+    Closed { window: usize },
+    /// All senders together send `rate` messages per second, evenly spread.
+    Open { rate: f64 },
+}
+
+pub struct Spec {
+    /// (client index, destination) of each sender; sender s is `senders[s]`.
+    pub senders: Vec<(usize, Dest)>,
+    /// Client indexes that must receive each message of sender s.
+    pub recipients_of: Box<dyn Fn(usize) -> Vec<usize> + Send + Sync>,
+    pub fanout: u32,
+    pub pace: Pace,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub body_size: usize,
+}
+
+/// Drives `spec` over `clients`; fills the rate, the latency and the verdict.
+pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec) -> Outcome {
+    let mut out = Outcome::default();
+    let window = match spec.pace {
+        Pace::Closed { window } => window,
+        Pace::Open { .. } => 0,
+    };
+    let shared = Shared::new(
+        spec.senders.len(),
+        window * spec.fanout as usize,
+        spec.warmup.as_secs() as usize,
+    );
+    let receivers: Vec<_> = clients
+        .iter()
+        .map(|c| tokio::spawn(flow::receive_loop(c.clone(), shared.clone())))
+        .collect();
+    let logs: Vec<Arc<Mutex<SenderLog>>> = spec.senders.iter().map(|_| Arc::default()).collect();
+    let mut cpu = CpuSampler::new(target.cpu_groups());
+    cpu.start();
+    let send_start_ms = shared.ms();
+    let start = tokio::time::Instant::now();
+    let mut senders = Vec::new();
+    for (s, &(ci, dest)) in spec.senders.iter().enumerate() {
+        let client = clients[ci].clone();
+        let (log, sh) = (logs[s].clone(), shared.clone());
+        senders.push(match spec.pace {
+            Pace::Closed { .. } => tokio::spawn(flow::closed_sender(
+                client,
+                s as u32,
+                dest,
+                spec.fanout,
+                spec.body_size,
+                log,
+                sh,
+            )),
+            Pace::Open { rate } => {
+                let n = spec.senders.len() as f64;
+                let period = Duration::from_secs_f64(n / rate);
+                let offset = Duration::from_secs_f64(s as f64 / rate);
+                tokio::spawn(flow::open_sender(
+                    client,
+                    s as u32,
+                    dest,
+                    start,
+                    offset,
+                    period,
+                    spec.duration,
+                    spec.body_size,
+                    log,
+                    sh,
+                ))
+            }
+        });
+    }
+    let pb = spinner("sending");
+    let t0 = Instant::now();
+    let mut last = (Instant::now(), 0u64);
+    while t0.elapsed() < spec.duration {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let received = shared.received.load(Ordering::Relaxed);
+        let rate = (received - last.1) as f64 / last.0.elapsed().as_secs_f64();
+        last = (Instant::now(), received);
+        pb.set_message(format!(
+            "acked {} delivered {} ({:.0}/s) receipts {} errors {}",
+            shared.acked.load(Ordering::Relaxed),
+            received,
+            rate,
+            shared.receipts.load(Ordering::Relaxed),
+            shared.error_count()
+        ));
+        if let Err(e) = target.check_alive() {
+            shared.error(e.to_string());
+        }
+        if shared.error_count() > 0 {
+            break;
+        }
+    }
+    shared.stop_sending.store(true, Ordering::Relaxed);
+    let send_end_ms = shared.ms();
+    for s in senders {
+        let _ = s.await;
+    }
+    pb.set_message("draining");
+    let drained = flow::drain(&shared, spec.fanout as u64, Duration::from_secs(30)).await;
+    out.cpu = cpu.stop();
+    out.metrics = target.metrics().await;
+    // Receipts for the last acknowledgements arrive a little later; let them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shared.stop_receiving.store(true, Ordering::Relaxed);
+    let mut timeline = Timeline::new(spec.warmup.as_secs() as usize);
+    let mut rlogs = Vec::new();
+    for r in receivers {
+        match r.await {
+            Ok((log, tl)) => {
+                timeline.merge(&tl);
+                rlogs.push(log);
+            }
+            Err(e) => {
+                shared.error(format!("receiver task failed: {e}"));
+                rlogs.push(Default::default());
+            }
+        }
+    }
+    pb.finish_and_clear();
+    let slogs: Vec<SenderLog> = logs
+        .iter()
+        .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        .collect();
+    let verdict = ledger::verify(&slogs, &rlogs, &spec.recipients_of);
+
+    // Rate: deliveries complete (stored, pushed, received, acknowledged)
+    // between the end of the warm-up and the end of sending.
+    let from = send_start_ms + spec.warmup.as_millis() as u32;
+    let window_secs = (send_end_ms.saturating_sub(from)) as f64 / 1000.0;
+    let in_window = verdict
+        .completed_ms
+        .iter()
+        .filter(|&&t| t >= from && t < send_end_ms)
+        .count();
+    let last_done = verdict
+        .completed_ms
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(send_end_ms);
+    out.figure(
+        "deliveries_per_sec",
+        (in_window as f64 / window_secs.max(1e-3)).round(),
+    );
+    out.figure("measured_window_secs", window_secs);
+    out.figure(
+        "messages_acknowledged",
+        shared.acked.load(Ordering::Relaxed),
+    );
+    out.figure("deliveries", verdict.delivered);
+    out.figure(
+        "overall_deliveries_per_sec",
+        (verdict.delivered as f64
+            / ((last_done.saturating_sub(send_start_ms)) as f64 / 1000.0).max(1e-3))
+        .round(),
+    );
+    out.figure(
+        "messages_sent_per_sec",
+        (shared.acked.load(Ordering::Relaxed) as f64
+            / ((send_end_ms - send_start_ms) as f64 / 1000.0).max(1e-3))
+        .round(),
+    );
+    out.figure("receipts_received", shared.receipts.load(Ordering::Relaxed));
+    out.figure(
+        "own_messages_handed_back_to_sender",
+        shared.own_echoes.load(Ordering::Relaxed),
+    );
+    out.figure(
+        "retried_receive_errors",
+        shared.retryable_errors.load(Ordering::Relaxed),
+    );
+    out.figure("latency", timeline.summary());
+    if !drained {
+        out.failures
+            .push("not everything was acknowledged and delivered within 30 s of the end".into());
+    }
+    let errors = shared
+        .errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if !errors.is_empty() {
+        out.failures
+            .push(format!("{} errors, first: {}", errors.len(), errors[0]));
+    }
+    if !verdict.ok() {
+        out.failures.push(format!(
+            "exactly-once check failed: lost {}, duplicated {}, unexpected {}, unacknowledged sends {}; e.g. {:?}",
+            verdict.lost, verdict.duplicated, verdict.unexpected, verdict.unacked_sends, verdict.examples
+        ));
+    }
+    out.verdict = Some(verdict);
+    out.timeline = Some(timeline);
+    out
+}

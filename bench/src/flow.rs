@@ -1,0 +1,302 @@
+//! The moving parts shared by the messaging scenarios: message bodies that
+//! carry their (scheduled) send time, receive loops that fill the ledger and
+//! the latency timeline, senders (closed loop with credits, or open loop at
+//! fixed times) that retry with the same client message id.
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use im_client::{ChatClient, ClientError};
+use im_proto::client::SendResponse;
+use tokio::sync::Semaphore;
+
+use crate::ledger::{RecipientLog, SenderLog, msg_id, parse_msg_id};
+use crate::timeline::Timeline;
+
+/// Content types at or above this are receipts and other system messages.
+pub const SYSTEM_CONTENT_TYPE: u32 = 0xF000;
+
+/// State every task of a run sees.
+pub struct Shared {
+    pub epoch: Instant,
+    pub stop_sending: AtomicBool,
+    pub stop_receiving: AtomicBool,
+    pub issued: AtomicU64,
+    pub acked: AtomicU64,
+    pub failed_sends: AtomicU64,
+    /// Person messages received (deliveries).
+    pub received: AtomicU64,
+    pub receipts: AtomicU64,
+    /// A sender's own message handed back by its client (see `receive_loop`).
+    pub own_echoes: AtomicU64,
+    /// Retryable server errors a receive loop got (and retried).
+    pub retryable_errors: AtomicU64,
+    pub errors: Mutex<Vec<String>>,
+    /// Per sender: deliveries it may still start (closed loop).
+    pub credits: Vec<Semaphore>,
+    pub warmup_secs: usize,
+}
+
+impl Shared {
+    pub fn new(senders: usize, initial_credits: usize, warmup_secs: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            epoch: Instant::now(),
+            stop_sending: AtomicBool::new(false),
+            stop_receiving: AtomicBool::new(false),
+            issued: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            failed_sends: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            receipts: AtomicU64::new(0),
+            own_echoes: AtomicU64::new(0),
+            retryable_errors: AtomicU64::new(0),
+            errors: Mutex::new(Vec::new()),
+            credits: (0..senders)
+                .map(|_| Semaphore::new(initial_credits))
+                .collect(),
+            warmup_secs,
+        })
+    }
+
+    pub fn error(&self, e: String) {
+        let mut errs = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if errs.len() < 1000 {
+            errs.push(e);
+        }
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.errors.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
+    }
+}
+
+/// A body of `size` bytes (at least 8) starting with `sched_ns`, big-endian.
+pub fn body(sched_ns: u64, size: usize) -> Bytes {
+    let mut b = vec![b'x'; size.max(8)];
+    b[..8].copy_from_slice(&sched_ns.to_be_bytes());
+    Bytes::from(b)
+}
+
+pub fn sched_of(body: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(body.get(..8)?.try_into().ok()?))
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Dest {
+    User(i64),
+    Group(i64),
+}
+
+/// Sends with retries on retryable errors, always with the same client message id.
+pub async fn send_retry(
+    client: &ChatClient,
+    dest: Dest,
+    id: &str,
+    body: Bytes,
+) -> Result<SendResponse, ClientError> {
+    let mut attempt = 0u32;
+    loop {
+        let r = match dest {
+            Dest::User(to) => client.send_with_id(to, id, 1, body.clone()).await,
+            Dest::Group(g) => client.send_group_with_id(g, id, 1, body.clone()).await,
+        };
+        match r {
+            Err(e) if e.is_retryable() && attempt < 4 && !matches!(e, ClientError::Closed) => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Receives until told to stop: person messages go to the ledger and the
+/// timeline (latency from the send time in the body), receipts are counted.
+pub async fn receive_loop(
+    client: Arc<ChatClient>,
+    shared: Arc<Shared>,
+) -> (RecipientLog, Timeline) {
+    let mut log = RecipientLog::default();
+    let mut timeline = Timeline::new(shared.warmup_secs);
+    while !shared.stop_receiving.load(Ordering::Relaxed) {
+        let batch = match client.recv(Duration::from_millis(100)).await {
+            Ok(b) => b,
+            // UNAVAILABLE on a gap pull: the gap stays and is pulled again
+            // on the next push, as a real client would retry.
+            Err(ClientError::Server {
+                retryable: true, ..
+            }) => {
+                shared.retryable_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => {
+                shared.error(format!("user {} stopped receiving: {e}", client.user_id));
+                break;
+            }
+        };
+        let now = shared.epoch.elapsed();
+        for m in batch {
+            if m.content_type >= SYSTEM_CONTENT_TYPE {
+                shared.receipts.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // The sender's own inbox copy: `ChatClient` hands it out when a
+            // gap pull (a receipt overtook the SENT response) fetches it
+            // before `send_with_id` recorded it. Not a delivery to anyone.
+            if m.from == client.user_id {
+                shared.own_echoes.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some((s, n)) = parse_msg_id(&m.client_msg_id) else {
+                log.foreign += 1;
+                continue;
+            };
+            log.record(s, n, now.as_millis() as u32);
+            if let Some(t) = sched_of(&m.body) {
+                let sched = Duration::from_nanos(t);
+                timeline.record(
+                    sched.as_secs() as usize,
+                    now.saturating_sub(sched).as_micros() as u64,
+                );
+            }
+            if let Some(c) = shared.credits.get(s as usize) {
+                c.add_permits(1);
+            }
+            shared.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    (log, timeline)
+}
+
+/// A closed-loop sender: each message needs `fanout` credits (returned one
+/// per delivery), so at most `window` messages are undelivered at a time.
+pub async fn closed_sender(
+    client: Arc<ChatClient>,
+    s: u32,
+    dest: Dest,
+    fanout: u32,
+    body_size: usize,
+    log: Arc<Mutex<SenderLog>>,
+    shared: Arc<Shared>,
+) {
+    let credits = &shared.credits[s as usize];
+    while !shared.stop_sending.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(100), credits.acquire_many(fanout)).await {
+            Ok(Ok(p)) => p.forget(),
+            _ => continue,
+        }
+        let n = log.lock().unwrap_or_else(|p| p.into_inner()).issue();
+        shared.issued.fetch_add(1, Ordering::Relaxed);
+        let body = body(shared.epoch.elapsed().as_nanos() as u64, body_size);
+        tokio::spawn(send_and_log(
+            client.clone(),
+            s,
+            n,
+            dest,
+            body,
+            log.clone(),
+            shared.clone(),
+        ));
+    }
+}
+
+async fn send_and_log(
+    client: Arc<ChatClient>,
+    s: u32,
+    n: u32,
+    dest: Dest,
+    body: Bytes,
+    log: Arc<Mutex<SenderLog>>,
+    shared: Arc<Shared>,
+) {
+    let id = msg_id(s, n);
+    match send_retry(&client, dest, &id, body).await {
+        Ok(_) => {
+            let at = shared.ms();
+            log.lock().unwrap_or_else(|p| p.into_inner()).acked(n, at);
+            shared.acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            shared.failed_sends.fetch_add(1, Ordering::Relaxed);
+            shared.error(format!("send {id} failed: {e}"));
+        }
+    }
+}
+
+/// An open-loop sender: message k is due at `start + offset + k * period`
+/// and is sent then (or at once when late); its body carries the due time,
+/// so latency counts from the schedule (no coordinated omission).
+#[allow(clippy::too_many_arguments)]
+pub async fn open_sender(
+    client: Arc<ChatClient>,
+    s: u32,
+    dest: Dest,
+    start: tokio::time::Instant,
+    offset: Duration,
+    period: Duration,
+    until: Duration,
+    body_size: usize,
+    log: Arc<Mutex<SenderLog>>,
+    shared: Arc<Shared>,
+) {
+    let epoch = tokio::time::Instant::from_std(shared.epoch);
+    let mut k: u32 = 0;
+    loop {
+        let due = start + offset + period * k;
+        if due >= start + until || shared.stop_sending.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
+        let n = log.lock().unwrap_or_else(|p| p.into_inner()).issue();
+        shared.issued.fetch_add(1, Ordering::Relaxed);
+        let body = body((due - epoch).as_nanos() as u64, body_size);
+        tokio::spawn(send_and_log(
+            client.clone(),
+            s,
+            n,
+            dest,
+            body,
+            log.clone(),
+            shared.clone(),
+        ));
+        k += 1;
+    }
+}
+
+/// Waits until every send is answered and every delivery arrived, or `within` passed.
+pub async fn drain(shared: &Shared, fanout: u64, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let issued = shared.issued.load(Ordering::Relaxed);
+        let acked = shared.acked.load(Ordering::Relaxed);
+        let failed = shared.failed_sends.load(Ordering::Relaxed);
+        let received = shared.received.load(Ordering::Relaxed);
+        if acked + failed >= issued && received >= acked * fanout {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_carries_the_schedule() {
+        let b = body(123_456_789, 64);
+        assert_eq!(b.len(), 64);
+        assert_eq!(sched_of(&b), Some(123_456_789));
+        assert_eq!(sched_of(b"short"), None);
+    }
+}

@@ -1,0 +1,203 @@
+//! `im-bench SCENARIO [options] --json FILE --plot FILE`: runs one scenario
+//! against real servers, prints the figures, writes the report, and exits
+//! non-zero when anything was lost, duplicated or failed.
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use im_bench::report::Report;
+use im_bench::run::Outcome;
+use im_bench::scenario::{c2c, group, idle, offline, storm};
+use im_bench::target::{Target, TargetArgs};
+use im_bench::{plot, sys};
+
+#[derive(Parser)]
+#[command(name = "im-bench", about = "Load generator for the IM backend")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Common {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw latency over time as a PNG here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Closed-loop one-to-one throughput (stored, pushed and acknowledged).
+    C2cThroughput {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: c2c::ThroughputArgs,
+    },
+    /// Open-loop one-to-one latency at a fixed rate.
+    C2cLatency {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: c2c::LatencyArgs,
+    },
+    /// Authenticated idle connections; gateway RSS per connection.
+    IdleConns {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: idle::IdleArgs,
+    },
+    /// A large group, every member online: deliveries per second.
+    GroupFanout {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: group::GroupArgs,
+    },
+    /// Users with large backlogs reconnect and pull everything.
+    OfflineSync {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: offline::OfflineArgs,
+    },
+    /// Many clients reconnect at once.
+    ReconnectStorm {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: storm::StormArgs,
+    },
+    /// (internal) holds a share of the idle connections.
+    #[command(hide = true)]
+    IdleWorker {
+        #[arg(long)]
+        job: PathBuf,
+    },
+}
+
+fn name_of(s: &Scenario) -> &'static str {
+    match s {
+        Scenario::C2cThroughput { .. } => "c2c-throughput",
+        Scenario::C2cLatency { .. } => "c2c-latency",
+        Scenario::IdleConns { .. } => "idle-conns",
+        Scenario::GroupFanout { .. } => "group-fanout",
+        Scenario::OfflineSync { .. } => "offline-sync",
+        Scenario::ReconnectStorm { .. } => "reconnect-storm",
+        Scenario::IdleWorker { .. } => "idle-worker",
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("im-bench: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let name = name_of(&cli.scenario);
+    let common = match &cli.scenario {
+        Scenario::IdleWorker { job } => {
+            idle::worker(job.clone(), |line| println!("{line}")).await?;
+            return Ok(true);
+        }
+        Scenario::C2cThroughput { common, .. }
+        | Scenario::C2cLatency { common, .. }
+        | Scenario::IdleConns { common, .. }
+        | Scenario::GroupFanout { common, .. }
+        | Scenario::OfflineSync { common, .. }
+        | Scenario::ReconnectStorm { common, .. } => common.clone(),
+    };
+    let mut machine = sys::Machine::now();
+    let started_at_unix = im_proto::now_ms() / 1000;
+    let wall = Instant::now();
+    eprintln!(
+        "im-bench {name}: mode {:?}, load average {:?}, starting servers…",
+        common.target.mode, machine.load_before
+    );
+    let mut target = Target::start(&common.target).await?;
+    let outcome: Outcome = match &cli.scenario {
+        Scenario::C2cThroughput { args, .. } => c2c::throughput(&mut target, args).await?,
+        Scenario::C2cLatency { args, .. } => c2c::latency(&mut target, args).await?,
+        Scenario::IdleConns { args, .. } => idle::run(&mut target, args).await?,
+        Scenario::GroupFanout { args, .. } => group::fanout(&mut target, args).await?,
+        Scenario::OfflineSync { args, .. } => offline::sync(&mut target, args).await?,
+        Scenario::ReconnectStorm { args, .. } => storm::run(&mut target, args).await?,
+        Scenario::IdleWorker { .. } => unreachable!("handled above"),
+    };
+    machine.load_after = sys::loadavg();
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let report = Report {
+        scenario: name.to_string(),
+        mode: target.mode,
+        command: std::env::args().collect(),
+        parameters: outcome.parameters.clone(),
+        figures: outcome.figures.clone(),
+        ok: outcome.failures.is_empty(),
+        failures: outcome.failures.clone(),
+        verdict: outcome.verdict.clone(),
+        machine,
+        git_commit: sys::git_commit(&cwd),
+        started_at_unix,
+        wall_secs: wall.elapsed().as_secs_f64(),
+        cpu_percent: outcome.cpu.clone(),
+        server_metrics: outcome.metrics.clone(),
+        latency_over_time: outcome
+            .timeline
+            .as_ref()
+            .map(|t| t.points())
+            .unwrap_or_default(),
+    };
+    drop(target);
+    println!("{name} ({:?} mode)", report.mode);
+    println!("  parameters: {}", report.parameters);
+    for (k, v) in &report.figures {
+        println!("  {k}: {v}");
+    }
+    println!("  cpu % of one core: {:?}", report.cpu_percent);
+    println!(
+        "  load average before {:?} after {:?}",
+        report.machine.load_before, report.machine.load_after
+    );
+    if let Some(path) = &common.json {
+        report.write(path)?;
+        println!("  json: {}", path.display());
+    }
+    if let Some(path) = &common.plot {
+        if report.latency_over_time.is_empty() {
+            println!("  plot: nothing to draw for {name}");
+        } else {
+            plot::latency_png(path, &outcome.plot_title, &report.latency_over_time)?;
+            println!("  plot: {}", path.display());
+        }
+    }
+    if report.ok {
+        println!("  OK: no errors; every message (where sent) received exactly once");
+    } else {
+        for f in &report.failures {
+            println!("  FAILED: {f}");
+        }
+    }
+    Ok(report.ok)
+}

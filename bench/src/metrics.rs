@@ -1,0 +1,149 @@
+//! The servers' own Prometheus figures: scrape `/metrics` and summarise the
+//! histograms that say where time goes (parsing is pure; fetching is one GET).
+use std::collections::BTreeMap;
+
+/// A histogram summed over its label sets.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct HistSummary {
+    pub count: f64,
+    pub sum: f64,
+    pub mean: f64,
+    /// Upper bound of the bucket holding the 50th / 99th percentile.
+    pub p50_le: f64,
+    pub p99_le: f64,
+}
+
+fn metric_value(line: &str) -> Option<f64> {
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+fn le_of(line: &str) -> Option<f64> {
+    let i = line.find("le=\"")? + 4;
+    let rest = &line[i..];
+    let v = &rest[..rest.find('"')?];
+    if v == "+Inf" {
+        Some(f64::INFINITY)
+    } else {
+        v.parse().ok()
+    }
+}
+
+/// Sums the histogram `name` over all label sets in a Prometheus text page.
+pub fn histogram(text: &str, name: &str) -> Option<HistSummary> {
+    let bucket = format!("{name}_bucket");
+    let sum_p = format!("{name}_sum");
+    let count_p = format!("{name}_count");
+    let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
+    let mut h = HistSummary::default();
+    let mut seen = false;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let head = line.split([' ', '{']).next().unwrap_or("");
+        if head == bucket {
+            if let (Some(le), Some(v)) = (le_of(line), metric_value(line)) {
+                *buckets.entry(le.to_bits()).or_default() += v;
+            }
+        } else if head == sum_p {
+            h.sum += metric_value(line).unwrap_or(0.0);
+            seen = true;
+        } else if head == count_p {
+            h.count += metric_value(line).unwrap_or(0.0);
+            seen = true;
+        }
+    }
+    if !seen {
+        return None;
+    }
+    if h.count > 0.0 {
+        h.mean = h.sum / h.count;
+    }
+    // Bits of positive floats sort like the floats.
+    let ordered: Vec<(f64, f64)> = buckets
+        .into_iter()
+        .map(|(b, v)| (f64::from_bits(b), v))
+        .collect();
+    let at = |q: f64| {
+        ordered
+            .iter()
+            .find(|(_, c)| *c >= q * h.count)
+            .map(|(le, _)| *le)
+            .unwrap_or(f64::NAN)
+    };
+    h.p50_le = at(0.5);
+    h.p99_le = at(0.99);
+    Some(h)
+}
+
+/// Sum of a counter or gauge over its label sets.
+pub fn total(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if line.split([' ', '{']).next() == Some(name) {
+            *found.get_or_insert(0.0) += metric_value(line).unwrap_or(0.0);
+        }
+    }
+    found
+}
+
+/// The figures of one process worth keeping.
+pub fn summarize(text: &str) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for name in [
+        "im_logic_store_batch_messages",
+        "im_logic_store_latency_seconds",
+        "im_logic_fanout_recipients",
+        "im_gateway_push_latency_seconds",
+    ] {
+        if let Some(h) = histogram(text, name) {
+            out.insert(name.into(), serde_json::json!(h));
+        }
+    }
+    for name in [
+        "im_logic_messages_total",
+        "im_logic_push_failures_total",
+        "im_gateway_connections",
+        "im_gateway_slow_consumer_disconnects_total",
+        "im_gateway_push_retransmits_total",
+        "im_gateway_push_giveups_total",
+        "im_gateway_rate_limited_total",
+        "im_gateway_kicked_total",
+    ] {
+        if let Some(v) = total(text, name) {
+            out.insert(name.into(), serde_json::json!(v));
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
+/// GETs a `/metrics` page.
+pub async fn scrape(url: &str) -> anyhow::Result<String> {
+    Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = r#"# HELP x
+im_logic_store_batch_messages_bucket{le="1"} 10
+im_logic_store_batch_messages_bucket{le="8"} 60
+im_logic_store_batch_messages_bucket{le="64"} 100
+im_logic_store_batch_messages_bucket{le="+Inf"} 100
+im_logic_store_batch_messages_sum 900
+im_logic_store_batch_messages_count 100
+im_gateway_connections 3
+im_logic_messages_total{kind="c2c"} 5
+im_logic_messages_total{kind="receipt"} 7
+"#;
+
+    #[test]
+    fn histogram_mean_and_bucket_quantiles() {
+        let h = histogram(PAGE, "im_logic_store_batch_messages").unwrap();
+        assert_eq!(h.count, 100.0);
+        assert_eq!(h.mean, 9.0);
+        assert_eq!(h.p50_le, 8.0);
+        assert_eq!(h.p99_le, 64.0);
+        assert!(histogram(PAGE, "nope").is_none());
+        assert_eq!(total(PAGE, "im_logic_messages_total"), Some(12.0));
+        assert_eq!(total(PAGE, "im_gateway_connections"), Some(3.0));
+    }
+}

@@ -1,0 +1,38 @@
+//! The JSON result of a run: scenario, parameters, mode, figures, the
+//! exactly-once verdict, the machine, per-process CPU, server metrics.
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::ledger::Verdict;
+use crate::sys::Machine;
+use crate::target::Mode;
+use crate::timeline::Point;
+
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub mode: Mode,
+    pub command: Vec<String>,
+    pub parameters: serde_json::Value,
+    pub figures: serde_json::Map<String, serde_json::Value>,
+    /// False when anything was lost, duplicated, or failed.
+    pub ok: bool,
+    pub failures: Vec<String>,
+    pub verdict: Option<Verdict>,
+    pub machine: Machine,
+    pub git_commit: Option<String>,
+    pub started_at_unix: u64,
+    pub wall_secs: f64,
+    /// Percent of one core during the measured phase, per process group.
+    pub cpu_percent: BTreeMap<String, f64>,
+    /// Summaries of each process's /metrics at the end.
+    pub server_metrics: serde_json::Value,
+    pub latency_over_time: Vec<Point>,
+}
+
+impl Report {
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        std::fs::write(path, serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! The machine and its processes, read from /proc: cores, memory, load,
+//! RSS and CPU time of a pid, the git commit from `.git` files. Read-only.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What the machine was, for the report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    pub nproc: usize,
+    pub mem_total_kib: u64,
+    pub cpu_model: String,
+    pub kernel: String,
+    /// `/proc/loadavg` (1, 5, 15 minutes) when the run started and ended.
+    pub load_before: [f64; 3],
+    pub load_after: [f64; 3],
+}
+
+pub fn loadavg() -> [f64; 3] {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = s.split_whitespace().map(|x| x.parse().unwrap_or(0.0));
+    [
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+    ]
+}
+
+fn meminfo_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|rest| {
+            rest.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+impl Machine {
+    pub fn now() -> Machine {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+            .unwrap_or_default();
+        Machine {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            mem_total_kib: meminfo_kib("MemTotal"),
+            cpu_model,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+            load_before: loadavg(),
+            load_after: [0.0; 3],
+        }
+    }
+}
+
+/// VmRSS of a process in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); utime is field 14, stime 15.
+    let get = |i: usize| {
+        f.get(i - 3)
+            .and_then(|x| x.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(14) + get(15)
+}
+
+/// Pids whose command name (`/proc/PID/comm`) is `name`.
+pub fn pids_named(name: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim() == name)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Clock ticks per second (USER_HZ); 100 on every Linux we run on.
+const TICKS_PER_SEC: f64 = 100.0;
+
+/// CPU use of groups of processes between `start` and `stop`.
+pub struct CpuSampler {
+    groups: Vec<(String, Vec<u32>)>,
+    start: Option<(Instant, Vec<u64>)>,
+}
+
+impl CpuSampler {
+    pub fn new(groups: Vec<(String, Vec<u32>)>) -> Self {
+        CpuSampler {
+            groups,
+            start: None,
+        }
+    }
+
+    fn ticks(&self) -> Vec<u64> {
+        self.groups
+            .iter()
+            .map(|(_, pids)| pids.iter().map(|&p| cpu_ticks(p)).sum())
+            .collect()
+    }
+
+    pub fn start(&mut self) {
+        self.start = Some((Instant::now(), self.ticks()));
+    }
+
+    /// Percent of one core per group (200 = both cores of a 2-core machine).
+    pub fn stop(&self) -> BTreeMap<String, f64> {
+        let Some((t0, before)) = &self.start else {
+            return BTreeMap::new();
+        };
+        let secs = t0.elapsed().as_secs_f64().max(1e-3);
+        self.groups
+            .iter()
+            .zip(self.ticks().iter().zip(before))
+            .map(|((name, _), (after, before))| {
+                let pct = after.saturating_sub(*before) as f64 / TICKS_PER_SEC / secs * 100.0;
+                (name.clone(), (pct * 10.0).round() / 10.0)
+            })
+            .collect()
+    }
+}
+
+/// The commit checked out in the repository around `start`, read from `.git`.
+pub fn git_commit(start: &Path) -> Option<String> {
+    let mut dir: Option<PathBuf> = Some(start.to_path_buf());
+    while let Some(d) = dir {
+        let git = d.join(".git");
+        if git.is_dir() {
+            let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
+            let head = head.trim();
+            let Some(r) = head.strip_prefix("ref: ") else {
+                return Some(head.to_string());
+            };
+            if let Ok(c) = std::fs::read_to_string(git.join(r)) {
+                return Some(c.trim().to_string());
+            }
+            let packed = std::fs::read_to_string(git.join("packed-refs")).ok()?;
+            return packed
+                .lines()
+                .find(|l| l.ends_with(r))
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(rss_kib(me) > 0);
+        // Burn a little CPU so the tick count is likely non-zero.
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(cpu_ticks(me) > 0);
+        assert!(Machine::now().nproc >= 1);
+    }
+}
