@@ -1,31 +1,10 @@
 //! Friends, groups, read diffusion, history and revoke in the store, on
 //! both backends (SQLite file, fresh Postgres database): same assertions.
+mod common;
+
 use bytes::Bytes;
 use im_logic::store::{NewMessage, Store};
 use im_proto::client::ConversationType;
-
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-    let store = Store::connect(&url, 4).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, dir)
-}
-
-async fn postgres() -> Store {
-    let base = std::env::var("IM_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let url = format!("{base}/im_social_{}_{nanos:08x}", std::process::id());
-    let store = Store::connect(&url, 4)
-        .await
-        .expect("Postgres must be running (scripts/test.sh starts it)");
-    store.migrate().await.unwrap();
-    store
-}
 
 fn group_msg(sender: i64, group: i64, id: &str) -> NewMessage {
     NewMessage {
@@ -162,12 +141,12 @@ async fn exercise(store: &Store) {
 
 #[tokio::test]
 async fn social_store_sqlite() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = common::sqlite().await;
     exercise(&store).await;
 }
 
 #[tokio::test]
 async fn social_store_postgres() {
-    let store = postgres().await;
+    let store = common::postgres("im_social").await;
     exercise(&store).await;
 }

@@ -1,5 +1,7 @@
 //! The store on both backends (SQLite file, fresh Postgres database): the
 //! same assertions must hold on each.
+mod common;
+
 use bytes::Bytes;
 use im_common::api::ApiError;
 use im_logic::store::receipts::DeviceAck;
@@ -7,33 +9,6 @@ use im_logic::store::{NewMessage, Store};
 use im_proto::client::{ConversationType, ErrorCode};
 use im_proto::client::{Receipt, ReceiptKind, SystemContentType};
 use im_proto::prost::Message as _;
-
-async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let store = Store::connect(&url, 4).await.unwrap();
-    store.migrate().await.unwrap();
-    (store, dir)
-}
-
-async fn postgres() -> Store {
-    let base = std::env::var("IM_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let url = format!("{base}/im_store_{}_{:08x}", std::process::id(), rand_u32());
-    let store = Store::connect(&url, 4)
-        .await
-        .expect("Postgres must be running (scripts/test.sh starts it)");
-    store.migrate().await.unwrap();
-    store
-}
-
-fn rand_u32() -> u32 {
-    (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos())
-        ^ std::process::id()
-}
 
 fn msg(sender: i64, to: i64, id: &str) -> NewMessage {
     NewMessage {
@@ -147,12 +122,12 @@ async fn exercise(store: &Store) {
 
 #[tokio::test]
 async fn store_semantics_sqlite() {
-    let (store, _dir) = sqlite().await;
+    let (store, _dir) = common::sqlite().await;
     exercise(&store).await;
 }
 
 #[tokio::test]
 async fn store_semantics_postgres() {
-    let store = postgres().await;
+    let store = common::postgres("im_store").await;
     exercise(&store).await;
 }

@@ -452,3 +452,15 @@ pub fn assert_contiguous(messages: &[im_proto::client::Message], first: u64) {
         assert_eq!(m.seq, first + i as u64, "gap or duplicate at position {i}");
     }
 }
+
+/// Resident memory of a process in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}

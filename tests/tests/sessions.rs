@@ -167,17 +167,6 @@ async fn unacknowledged_pushes_are_resent_then_the_connection_closes() -> anyhow
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|v| v.parse().unwrap_or(0)))
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_with_bounded_memory() -> anyhow::Result<()> {
     let node = SingleNode::start(&["--outbound-queue", "64"]).await?;
