@@ -44,6 +44,9 @@ struct State {
     sent_here: HashSet<i64>,
     /// Cursors of read-diffusion groups (messages outside the inbox).
     groups: GroupCursors,
+    /// The last inbox sequence acknowledged on this connection: group
+    /// messages do not move the inbox, so they need no ACK of their own.
+    acked: u64,
 }
 
 /// Page size for catch-up pulls.
@@ -69,6 +72,7 @@ impl ChatClient {
                 ready: VecDeque::new(),
                 sent_here: HashSet::new(),
                 groups: GroupCursors::default(),
+                acked: 0,
             }),
         };
         if auth.max_seq > last_seq {
@@ -204,6 +208,7 @@ impl ChatClient {
         let conn = endpoint.connect().await?;
         let auth = conn.auth(token, device).await?;
         self.conn = conn;
+        self.state().acked = 0;
         let last = self.last_seq();
         if auth.max_seq > last {
             self.fill_gap(last).await?;
@@ -239,7 +244,14 @@ impl ChatClient {
         loop {
             let out = self.take_ready();
             if !out.is_empty() {
-                self.conn.ack(self.last_seq()).await?;
+                let last = self.last_seq();
+                let moved = {
+                    let mut st = self.state();
+                    std::mem::replace(&mut st.acked, last) < last
+                };
+                if moved {
+                    self.conn.ack(last).await?;
+                }
                 return Ok(out);
             }
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod conn;
 pub mod gateway;
 pub mod grpc;
+pub mod io;
 pub mod metrics;
 pub mod ratelimit;
 pub mod session;

@@ -11,7 +11,6 @@ use futures::stream::FuturesOrdered;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use im_common::api::{ApiError, ReplyFuture};
 use im_common::route::Route;
-use im_common::shutdown::CancellationToken;
 use im_proto::client::{
     Ack, AuthRequest, AuthResponse, C2cSendRequest, C2gSendRequest, C2sSendRequest, DeviceType,
     ErrorCode, GroupPullRequest, Heartbeat, PullRequest,
@@ -19,7 +18,6 @@ use im_proto::client::{
 use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
 use im_proto::prost::Message as _;
 use im_proto::{Command, Frame, FrameError};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::conn::{ConnHandle, Identity};
@@ -53,29 +51,36 @@ where
 {
     metrics::ACCEPTED.inc();
     let conn_id = gw.next_conn_id();
-    let (handle, rx) = ConnHandle::new(conn_id, gw.cfg.outbound_queue, gw.cfg.retransmit);
-    let handle = Arc::new(handle);
-    let writer = tokio::spawn(write_loop(sink, rx, handle.close_token().clone()));
-
-    let authed = authenticate(&gw, &handle, &mut frames).await;
-    if let Some(identity) = authed {
-        metrics::CONNECTIONS.inc();
-        tracing::debug!(conn = conn_id, user = identity.user_id, %peer, "authenticated");
-        serve(&gw, &handle, &identity, &mut frames).await;
-        metrics::CONNECTIONS.dec();
-        gw.conns.remove(&conn_id);
-        if let Err(e) = gw
-            .routes
-            .remove_route(identity.user_id, &identity.route)
-            .await
-        {
-            tracing::warn!(error = %e, "failed to remove route");
+    let handle = Arc::new(ConnHandle::new(
+        conn_id,
+        gw.cfg.outbound_queue,
+        gw.cfg.retransmit,
+    ));
+    let reader = async {
+        // Boxed: its state lives on the heap only during the handshake, so
+        // the long-lived session future stays small.
+        let authed = Box::pin(authenticate(&gw, &handle, &mut frames)).await;
+        if let Some(identity) = authed {
+            metrics::CONNECTIONS.inc();
+            tracing::debug!(conn = conn_id, user = identity.user_id, %peer, "authenticated");
+            serve(&gw, &handle, &identity, &mut frames).await;
+            metrics::CONNECTIONS.dec();
+            gw.conns.remove(&conn_id);
+            if let Err(e) = gw
+                .routes
+                .remove_route(identity.user_id, &identity.route)
+                .await
+            {
+                tracing::warn!(error = %e, "failed to remove route");
+            }
+        } else {
+            gw.conns.remove(&conn_id);
         }
-    } else {
-        gw.conns.remove(&conn_id);
-    }
-    handle.close();
-    let _ = writer.await;
+        handle.close();
+    };
+    // Reader and writer share the connection's one task (no second task
+    // and join handle per connection); the writer ends after the close.
+    tokio::join!(reader, write_loop(sink, handle.clone()));
     tracing::debug!(conn = conn_id, %peer, "closed");
 }
 
@@ -199,7 +204,8 @@ where
                 };
                 idle.as_mut().reset(Instant::now() + gw.cfg.idle_timeout);
                 metrics::frame("in", frame.command);
-                match handle_frame(gw, handle, id, frame, &mut bucket).await {
+                // Boxed for the same reason: only while a frame is handled.
+                match Box::pin(handle_frame(gw, handle, id, frame, &mut bucket)).await {
                     Step::Reply(bytes) => {
                         if handle.send(bytes).is_err() {
                             break;
@@ -268,6 +274,11 @@ async fn handle_frame(
                 return bad_body("Ack");
             };
             handle.ack(ack.seq);
+            if !handle.ack_advances(ack.seq) {
+                // Nothing new for the device cursor (a repeat, or an ACK
+                // after group messages, which live outside the inbox).
+                return Step::None;
+            }
             // Logic advances the device cursor and sends DELIVERED receipts;
             // nothing to answer, so the reply is not awaited.
             let up = UpRequest {
@@ -351,23 +362,20 @@ fn reply_frame(command: u16, seq: u32, reply: UpReply) -> Bytes {
 /// Writes queued frames, batching whatever is ready into one flush. On close
 /// (kick, drain, slow consumer) it stops waiting on a client that does not
 /// read, then spends at most two seconds writing what is left (a kickout, say).
-async fn write_loop<K, E>(mut sink: K, mut rx: mpsc::Receiver<Bytes>, close: CancellationToken)
+/// Between bursts it holds no buffer.
+async fn write_loop<K, E>(mut sink: K, handle: Arc<ConnHandle>)
 where
     K: Sink<Bytes, Error = E> + Unpin,
     E: std::fmt::Display,
 {
-    let mut batch = Vec::with_capacity(64);
-    let mut pending: VecDeque<Bytes> = VecDeque::with_capacity(64);
+    let close = handle.close_token().clone();
+    let mut pending: VecDeque<Bytes> = VecDeque::new();
     loop {
-        let n = tokio::select! {
+        tokio::select! {
             biased;
-            n = rx.recv_many(&mut batch, 64) => n,
+            _ = handle.outbox().recv_into(&mut pending) => {}
             _ = close.cancelled() => break,
-        };
-        if n == 0 {
-            break;
         }
-        pending.extend(batch.drain(..));
         let write = async {
             while let Some(b) = pending.pop_front() {
                 sink.feed(b).await?;
@@ -377,20 +385,72 @@ where
         tokio::select! {
             r = write => if r.is_err() {
                 close.cancel();
+                handle.outbox().close_and_take();
                 return;
             },
             _ = close.cancelled() => break,
         }
+        pending = VecDeque::new();
     }
+    let rest = handle.outbox().close_and_take();
     let finish = async {
-        while let Some(b) = pending.pop_front() {
-            sink.feed(b).await?;
-        }
-        while let Ok(b) = rx.try_recv() {
+        for b in pending.into_iter().chain(rest) {
             sink.feed(b).await?;
         }
         sink.flush().await?;
         sink.close().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), finish).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::GatewayConfig;
+    use crate::io::{FrameReader, FrameWriter};
+    use async_trait::async_trait;
+    use im_common::admin::Readiness;
+    use im_common::route::MemoryRouteTable;
+    use im_common::shutdown::CancellationToken;
+
+    struct NoLogic;
+
+    #[async_trait]
+    impl im_common::api::LogicApi for NoLogic {
+        async fn auth(&self, _: logic::AuthRequest) -> Result<logic::AuthReply, ApiError> {
+            Err(ApiError::unavailable("test"))
+        }
+        async fn submit(&self, _: UpRequest) -> ReplyFuture {
+            im_common::api::ready_reply(UpReply::default())
+        }
+    }
+
+    /// What an idle connection keeps in its one task, beside the socket and
+    /// its handle: the per-connection budget (2 KiB in all) depends on it
+    /// staying small.
+    #[tokio::test]
+    async fn connection_tasks_stay_small() {
+        let gw = Gateway::new(
+            GatewayConfig::new("g", "local"),
+            Arc::new(NoLogic),
+            Arc::new(MemoryRouteTable::new()),
+            CancellationToken::new(),
+            Readiness::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (r, w) = accepted.unwrap().0.into_split();
+        let codec = im_proto::FrameCodec::new(1024);
+        let session = run(
+            gw.clone(),
+            FrameReader::new(r, codec),
+            FrameWriter::new(w),
+            "p".into(),
+        );
+        drop(client);
+        let size = std::mem::size_of_val(&session);
+        eprintln!("connection task: {size} bytes");
+        assert!(size <= 1536, "connection future is {size} bytes");
+    }
 }

@@ -2,13 +2,11 @@
 //! codec, and hands each connection to the session.
 use std::sync::Arc;
 
-use bytes::Bytes;
-use futures::SinkExt;
-use im_proto::{FrameCodec, FrameError};
+use im_proto::FrameCodec;
 use tokio::net::TcpListener;
-use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::gateway::Gateway;
+use crate::io::{FrameReader, FrameWriter};
 use crate::session;
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
@@ -37,12 +35,8 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
         tokio::spawn(async move {
             let codec = FrameCodec::new(gw.cfg.max_body);
             let (r, w) = stream.into_split();
-            let frames = FramedRead::new(r, codec);
-            let sink =
-                SinkExt::<Bytes>::sink_map_err(FramedWrite::new(w, codec), |e: FrameError| {
-                    e.to_string()
-                });
-            session::run(gw, frames, sink, peer.to_string()).await;
+            let frames = FrameReader::new(r, codec);
+            session::run(gw, frames, FrameWriter::new(w), peer.to_string()).await;
             drop(permit);
         });
     }

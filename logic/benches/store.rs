@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use im_logic::store::{NewMessage, Store};
+use im_logic::store::{NewMessage, SendPolicy, Store};
 use im_proto::client::ConversationType;
 
 const USERS: usize = 64;
@@ -24,6 +24,7 @@ fn batch(users: &[i64], size: usize, next: &AtomicU64) -> Vec<NewMessage> {
                 content_type: 1,
                 body: Bytes::from_static(&[b'x'; 64]),
                 recipients: vec![to],
+                policy: SendPolicy::Unchecked,
             }
         })
         .collect()

@@ -21,8 +21,9 @@ impl Acker {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                let acks = newest_per_device(&mut batch);
-                match store.commit_acks(&acks, im_proto::now_ms()).await {
+                let result = store.commit_acks(&batch, im_proto::now_ms()).await;
+                batch.clear();
+                match result {
                     Ok(deliveries) => {
                         let receipts = deliveries
                             .iter()
@@ -46,40 +47,5 @@ impl Acker {
     /// device's next cumulative ack covers it).
     pub fn ack(&self, ack: DeviceAck) {
         let _ = self.tx.try_send(ack);
-    }
-}
-
-/// Keeps the highest ack per (user, device), in first-seen order.
-fn newest_per_device(batch: &mut Vec<DeviceAck>) -> Vec<DeviceAck> {
-    let mut out: Vec<DeviceAck> = Vec::with_capacity(batch.len());
-    let mut index = std::collections::HashMap::new();
-    for a in batch.drain(..) {
-        match index.get(&(a.user, a.device)) {
-            Some(&i) => {
-                let slot: &mut DeviceAck = &mut out[i];
-                slot.seq = slot.seq.max(a.seq);
-            }
-            None => {
-                index.insert((a.user, a.device), out.len());
-                out.push(a);
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeps_the_newest_ack_per_device() {
-        let a = |user, device, seq| DeviceAck { user, device, seq };
-        let mut batch = vec![a(1, 1, 5), a(1, 2, 3), a(1, 1, 9), a(1, 1, 7), a(2, 1, 1)];
-        assert_eq!(
-            newest_per_device(&mut batch),
-            vec![a(1, 1, 9), a(1, 2, 3), a(2, 1, 1)]
-        );
-        assert!(batch.is_empty());
     }
 }

@@ -30,6 +30,7 @@ pub mod c2s;
 pub mod c2s_stream;
 pub mod cli;
 pub mod committer;
+pub mod group_committer;
 pub mod grpc;
 pub mod metrics;
 pub mod pusher;

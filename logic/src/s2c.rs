@@ -22,7 +22,7 @@ use sqlx::Row;
 use crate::metrics;
 use crate::rest::RestError;
 use crate::service::{LogicService, MAX_CLIENT_MSG_ID};
-use crate::store::{NewMessage, Stored};
+use crate::store::{NewMessage, SendPolicy, Stored};
 
 /// Most recipients of one server push.
 pub const MAX_S2C_RECIPIENTS: usize = 1000;
@@ -154,6 +154,7 @@ pub fn build_s2c_message(
         content_type: b.content_type,
         body: b.body.into_bytes().into(),
         recipients,
+        policy: SendPolicy::Unchecked,
     })
 }
 

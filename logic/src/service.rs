@@ -16,10 +16,11 @@ use im_proto::logic::{
 use crate::acker::Acker;
 use crate::auth::{AuthError, Claims, TokenKeys};
 use crate::committer::{Committer, CommitterConfig};
+use crate::group_committer::GroupCommitter;
 use crate::metrics;
 use crate::pusher::{Origin, Pusher};
 use crate::store::receipts::DeviceAck;
-use crate::store::{NewMessage, Store, Stored};
+use crate::store::{NewMessage, SendPolicy, Store, Stored};
 
 /// Limits and tunables of the logic tier.
 #[derive(Debug, Clone)]
@@ -52,6 +53,7 @@ pub struct LogicService {
     pub(crate) routes: Arc<dyn RouteTable>,
     pub(crate) gateways: Arc<dyn GatewayApi>,
     pub(crate) committer: Committer,
+    pub(crate) group_committer: GroupCommitter,
     acker: Acker,
     pub(crate) cfg: LogicConfig,
     /// Where c2s messages go (Redis Streams); unset without Redis.
@@ -70,12 +72,19 @@ impl LogicService {
         let pusher = Pusher::start(routes.clone(), gateways.clone());
         let acker = Acker::start(store.clone(), pusher.clone());
         let committer = Committer::start(store.clone(), pusher, cfg.committer);
+        let group_committer = GroupCommitter::start(
+            store.clone(),
+            routes.clone(),
+            gateways.clone(),
+            cfg.committer,
+        );
         Arc::new(LogicService {
             store,
             tokens,
             routes,
             gateways,
             committer,
+            group_committer,
             acker,
             cfg,
             c2s: std::sync::OnceLock::new(),
@@ -112,7 +121,9 @@ impl LogicService {
         if req.to <= 0 {
             return Err(ApiError::bad_request("recipient `to` is required"));
         }
-        self.check_c2c(sender, req.to, req.content_type).await?;
+        // Blocks and friendships are checked in the commit batch, against
+        // the state the message is stored in (one query per batch).
+        crate::social::perms::client_content_type(req.content_type)?;
         if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID {
             return Err(ApiError::bad_request(format!(
                 "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
@@ -132,6 +143,9 @@ impl LogicService {
             content_type: req.content_type,
             body: req.body,
             recipients: vec![req.to],
+            policy: SendPolicy::C2c {
+                friends_only: self.cfg.social.friends_only,
+            },
         };
         let rx = self.committer.submit(msg, origin).await?;
         Ok(async move {

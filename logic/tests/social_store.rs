@@ -3,7 +3,7 @@
 mod common;
 
 use bytes::Bytes;
-use im_logic::store::{NewMessage, Store};
+use im_logic::store::{NewMessage, SendPolicy, Store};
 use im_proto::client::ConversationType;
 
 fn group_msg(sender: i64, group: i64, id: &str) -> NewMessage {
@@ -15,6 +15,7 @@ fn group_msg(sender: i64, group: i64, id: &str) -> NewMessage {
         content_type: 1,
         body: Bytes::from(format!("body {id}")),
         recipients: Vec::new(),
+        policy: SendPolicy::Unchecked,
     }
 }
 
@@ -121,6 +122,7 @@ async fn exercise(store: &Store) {
         content_type: 1,
         body: Bytes::from_static(b"hey"),
         recipients: vec![a],
+        policy: SendPolicy::Unchecked,
     };
     let out = store.commit_batch(&[dm], 400).await.unwrap();
     let id = out.results[0].as_ref().unwrap().msg_id;

@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use im_common::api::ApiError;
 use im_logic::store::receipts::DeviceAck;
-use im_logic::store::{NewMessage, Store};
+use im_logic::store::{NewMessage, SendPolicy, Store};
 use im_proto::client::{ConversationType, ErrorCode};
 use im_proto::client::{Receipt, ReceiptKind, SystemContentType};
 use im_proto::prost::Message as _;
@@ -19,6 +19,7 @@ fn msg(sender: i64, to: i64, id: &str) -> NewMessage {
         content_type: 1,
         body: Bytes::from(format!("body {id}")),
         recipients: vec![to],
+        policy: SendPolicy::Unchecked,
     }
 }
 
@@ -130,4 +131,162 @@ async fn store_semantics_sqlite() {
 async fn store_semantics_postgres() {
     let store = common::postgres("im_store").await;
     exercise(&store).await;
+}
+
+/// What batching must not change: the policy per message, dense sequences
+/// per user across statement chunks, one receipt per (message, device) for
+/// many devices acknowledged at once, and no deadlock or gap when batches
+/// with overlapping users commit concurrently.
+async fn batching(store: &Store) {
+    use im_logic::store::messages::{BLOCKED_TEXT, NOT_FRIENDS_TEXT};
+    let a = store.create_user("a", "h", 0).await.unwrap();
+    let b = store.create_user("b", "h", 0).await.unwrap();
+    let c = store.create_user("c", "h", 0).await.unwrap();
+    let d = store.create_user("d", "h", 0).await.unwrap();
+    store.block(b, a, 0).await.unwrap();
+    store.befriend(a, c, "k", 0).await.unwrap();
+    let checked = |m: NewMessage, friends_only| NewMessage {
+        policy: SendPolicy::C2c { friends_only },
+        ..m
+    };
+    let out = store
+        .commit_batch(
+            &[
+                checked(msg(a, b, "p1"), false),
+                checked(msg(a, c, "p2"), true),
+                checked(msg(a, d, "p3"), true),
+                checked(msg(a, a, "p4"), true),
+                checked(msg(d, a, "p5"), false),
+                msg(a, d, "p6"),
+            ],
+            10,
+        )
+        .await
+        .unwrap();
+    let refusal = |i: usize| {
+        let e = out.results[i].as_ref().unwrap_err();
+        (e.code, e.message.clone())
+    };
+    assert_eq!(refusal(0), (ErrorCode::Forbidden, BLOCKED_TEXT.to_string()));
+    assert_eq!(
+        refusal(2),
+        (ErrorCode::Forbidden, NOT_FRIENDS_TEXT.to_string())
+    );
+    for i in [1, 3, 4, 5] {
+        assert!(out.results[i].is_ok(), "{i}: {:?}", out.results[i]);
+    }
+    assert_eq!(store.max_seq(b).await.unwrap(), 0, "nothing reached b");
+    assert_eq!(store.max_seq(c).await.unwrap(), 1);
+    assert_eq!(
+        store.max_seq(d).await.unwrap(),
+        2,
+        "d's own p5 and the unchecked p6"
+    );
+
+    // 700 recipients (more than one statement's worth), two messages each.
+    let mut users = Vec::new();
+    for i in 0..700 {
+        users.push(store.create_user(&format!("u{i}"), "h", 0).await.unwrap());
+    }
+    let s = store.create_user("sender", "h", 0).await.unwrap();
+    let items: Vec<NewMessage> = (0..1400)
+        .map(|i| msg(s, users[i % 700], &format!("m{i}")))
+        .collect();
+    let out = store.commit_batch(&items, 20).await.unwrap();
+    for (i, r) in out.results.iter().enumerate() {
+        assert_eq!(r.as_ref().unwrap().sender_seq, i as u64 + 1, "batch order");
+    }
+    for u in &users {
+        let (page, _) = store.pull(*u, 0, 10).await.unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    // Every recipient acknowledges on two devices in one call (device 1
+    // twice, the older ack first): one receipt per device, naming both messages.
+    let mut acks = Vec::new();
+    for u in &users {
+        acks.push(DeviceAck {
+            user: *u,
+            device: 1,
+            seq: 1,
+        });
+        acks.push(DeviceAck {
+            user: *u,
+            device: 2,
+            seq: 2,
+        });
+        acks.push(DeviceAck {
+            user: *u,
+            device: 1,
+            seq: 2,
+        });
+    }
+    let delivered = store.commit_acks(&acks, 30).await.unwrap();
+    let receipts: Vec<Receipt> = delivered
+        .iter()
+        .filter(|x| x.user == s)
+        .map(|x| Receipt::decode(x.message.body.clone()).unwrap())
+        .collect();
+    assert_eq!(receipts.len(), 1400);
+    assert!(receipts.iter().all(|r| r.msg_ids.len() == 2));
+    for u in &users {
+        assert_eq!(store.cursor(*u, 1).await.unwrap(), 2);
+        assert_eq!(store.cursor(*u, 2).await.unwrap(), 2);
+    }
+    assert!(store.commit_acks(&acks, 40).await.unwrap().is_empty());
+
+    // Concurrent batches over the same users in opposite orders.
+    let group: Vec<i64> = users[..20].to_vec();
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let (store, group) = (store.clone(), group.clone());
+            tokio::spawn(async move {
+                for round in 0..15 {
+                    let mut order = group.clone();
+                    if (t + round) % 2 == 1 {
+                        order.reverse();
+                    }
+                    let items: Vec<NewMessage> = order
+                        .iter()
+                        .enumerate()
+                        .map(|(i, u)| msg(group[t], *u, &format!("c{t}-{round}-{i}")))
+                        .collect();
+                    store.commit_batch(&items, 50).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for u in &group {
+        let max = store.max_seq(*u).await.unwrap();
+        let mut seqs = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, more) = store.pull(*u, after, 500).await.unwrap();
+            seqs.extend(page.iter().map(|m| m.seq));
+            after = seqs.last().copied().unwrap_or(after);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(
+            seqs,
+            (1..=max).collect::<Vec<_>>(),
+            "user {u}: dense and unique"
+        );
+    }
+}
+
+#[tokio::test]
+async fn batching_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    batching(&store).await;
+}
+
+#[tokio::test]
+async fn batching_postgres() {
+    let store = common::postgres("im_batch").await;
+    batching(&store).await;
 }

@@ -4,18 +4,17 @@
 //! pull by their own cursor, with pushes batched per gateway.
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use im_common::api::{ApiError, GatewayApi, ReplyFuture, ready_reply};
-use im_common::route::{LiveRoute, RouteTable};
+use im_common::api::{ApiError, ReplyFuture, ready_reply};
+use im_common::route::LiveRoute;
 use im_proto::client::{C2gSendRequest, ConversationType, GroupPullRequest, Message, PullResponse};
 use im_proto::logic::{PushBatch, PushItem, UpReply, up_reply};
 
 use crate::metrics;
 use crate::pusher::Origin;
 use crate::service::{LogicService, MAX_CLIENT_MSG_ID};
-use crate::store::{NewMessage, Store, Stored};
+use crate::store::{NewMessage, SendPolicy, Stored};
 
 use super::perms::{self, Diffusion};
 use super::{SocialError, SocialResult, now_ms};
@@ -58,34 +57,6 @@ pub fn plan_group_push(
             (addr.to_string(), batch)
         })
         .collect()
-}
-
-async fn push_group(
-    routes: Arc<dyn RouteTable>,
-    gateways: Arc<dyn GatewayApi>,
-    members: Vec<i64>,
-    message: Message,
-    origin: Option<Origin>,
-) {
-    let live = match routes.lookup(&members).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(error = %e, "route lookup failed; group members pull the message");
-            metrics::PUSH_FAILURES.inc();
-            return;
-        }
-    };
-    let plans = plan_group_push(&live, &message, origin.as_ref());
-    let calls = plans.into_iter().map(|(addr, batch)| {
-        let gateways = gateways.clone();
-        async move {
-            if let Err(e) = gateways.push(&addr, batch).await {
-                tracing::warn!(gateway = %addr, error = %e, "group push failed; members pull the message");
-                metrics::PUSH_FAILURES.inc();
-            }
-        }
-    });
-    futures::future::join_all(calls).await;
 }
 
 /// A group message to store, before diffusion is chosen.
@@ -160,6 +131,7 @@ impl LogicService {
             content_type: msg.content_type,
             body: msg.body,
             recipients: Vec::new(),
+            policy: SendPolicy::Unchecked,
         };
         match diffusion {
             Diffusion::Write => {
@@ -179,13 +151,10 @@ impl LogicService {
                 }))
             }
             Diffusion::Read => {
-                let (store, routes, gateways) = (
-                    self.store.clone(),
-                    self.routes.clone(),
-                    self.gateways.clone(),
-                );
+                let rx = self.group_committer.submit(new, members, origin).await?;
                 Ok(Box::pin(async move {
-                    commit_read_diffusion(store, routes, gateways, new, members, origin).await
+                    rx.await
+                        .unwrap_or_else(|_| Err(ApiError::unavailable("store is shutting down")))
                 }))
             }
         }
@@ -239,47 +208,6 @@ impl LogicService {
             max_seq,
         })
     }
-}
-
-async fn commit_read_diffusion(
-    store: Store,
-    routes: Arc<dyn RouteTable>,
-    gateways: Arc<dyn GatewayApi>,
-    msg: NewMessage,
-    members: Vec<i64>,
-    origin: Option<Origin>,
-) -> Result<Stored, ApiError> {
-    let started = std::time::Instant::now();
-    let now = im_proto::now_ms();
-    let stored = store
-        .commit_group_message(&msg, now)
-        .await
-        .map_err(|e| SocialError::Store(e).to_api())?
-        .ok_or_else(|| ApiError::unavailable("message is being stored; retry"))?;
-    if !stored.duplicate {
-        metrics::STORE_LATENCY.observe(started.elapsed().as_secs_f64());
-        metrics::MESSAGES.with_label_values(&["c2g"]).inc();
-        metrics::FANOUT.observe(members.len() as f64);
-        let message = Message {
-            msg_id: stored.msg_id,
-            seq: 0,
-            conv_type: ConversationType::C2g as i32,
-            from: msg.sender,
-            to: msg.target,
-            client_msg_id: msg.client_msg_id,
-            content_type: msg.content_type,
-            body: msg.body,
-            sent_at_ms: stored.sent_at_ms,
-            group_seq: stored.group_seq,
-        };
-        tokio::spawn(push_group(routes, gateways, members, message, origin));
-    }
-    Ok(Stored {
-        msg_id: stored.msg_id,
-        sender_seq: stored.group_seq,
-        sent_at_ms: stored.sent_at_ms,
-        duplicate: stored.duplicate,
-    })
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use im_proto::client::{ConversationType, Receipt, ReceiptKind, SystemContentType
 use im_proto::prost::Message as _;
 
 use crate::service::LogicService;
-use crate::store::NewMessage;
 use crate::store::history::HistoryItem;
+use crate::store::{NewMessage, SendPolicy};
 
 use super::{SocialError, SocialResult, now_ms, perms};
 
@@ -222,6 +222,7 @@ impl LogicService {
             content_type: SystemContentType::Receipt as u32,
             body: body.encode_to_vec().into(),
             recipients: vec![peer],
+            policy: SendPolicy::Unchecked,
         };
         let rx = self.committer.submit(msg, None).await?;
         rx.await.unwrap_or_else(|_| {

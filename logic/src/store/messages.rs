@@ -24,7 +24,32 @@ pub struct NewMessage {
     pub content_type: u32,
     pub body: bytes::Bytes,
     pub recipients: Vec<i64>,
+    /// Checked inside the batch's transaction, against the committed state.
+    pub policy: SendPolicy,
 }
+
+/// Who may send a message, decided in the batch (one query per batch, not
+/// one per message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPolicy {
+    /// System messages and group messages (checked before they are queued).
+    Unchecked,
+    /// One-to-one: refused when the recipient blocked the sender and, with
+    /// `friends_only`, unless they are friends. Messages to oneself pass.
+    C2c { friends_only: bool },
+}
+
+/// Tables of per-key sequences.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum SeqTable {
+    Users,
+    Groups,
+}
+
+/// Refusal texts of the one-to-one policy (the same as the REST check's).
+pub const BLOCKED_TEXT: &str = "the recipient has blocked you";
+pub const NOT_FRIENDS_TEXT: &str =
+    "only friends may message each other on this server; send a friend request first";
 
 /// The acknowledgement of one stored message (receipt SENT).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +126,9 @@ impl Store {
             }
         }
 
+        // 1b. The one-to-one policy, for every checked message at once.
+        let refused = self.policy_refusals(&mut *tx, items).await?;
+
         // 2. One candidate per (sender, client_msg_id); later copies follow the first.
         let mut first: HashMap<(i64, &str), usize> = HashMap::new();
         let mut follows: Vec<(usize, usize)> = Vec::new();
@@ -111,6 +139,12 @@ impl Store {
                     ErrorCode::UnknownUser,
                     format!("unknown user {r}"),
                 )));
+                continue;
+            }
+            if let SendPolicy::C2c { .. } = m.policy
+                && let Some(text) = refused.get(&(m.sender, m.target))
+            {
+                results[i] = Some(Err(ApiError::new(ErrorCode::Forbidden, *text)));
                 continue;
             }
             match first.get(&(m.sender, m.client_msg_id.as_str())) {
@@ -164,17 +198,7 @@ impl Store {
                 }
             }
         }
-        let mut next_seq: HashMap<i64, u64> = HashMap::new();
-        for (user, n) in &counts {
-            let row =
-                sqlx::query("UPDATE user_seq SET seq = seq + $1 WHERE user_id = $2 RETURNING seq")
-                    .bind(*n)
-                    .bind(*user)
-                    .fetch_one(&mut *tx)
-                    .await?;
-            let end: i64 = row.try_get(0)?;
-            next_seq.insert(*user, (end - n + 1) as u64);
-        }
+        let mut next_seq = self.allocate(&mut *tx, SeqTable::Users, &counts).await?;
 
         // 5. Inbox rows.
         let mut deliveries = Vec::new();
@@ -252,6 +276,103 @@ impl Store {
         })
     }
 
+    /// Reserves `n` sequences for each user in one statement per chunk;
+    /// returns each user's first reserved sequence. On Postgres the rows are
+    /// locked in user order first, so concurrent batches never deadlock.
+    pub(super) async fn allocate(
+        &self,
+        tx: &mut AnyConnection,
+        table: SeqTable,
+        counts: &BTreeMap<i64, i64>,
+    ) -> Result<HashMap<i64, u64>, StoreError> {
+        let (table, key) = match table {
+            SeqTable::Users => ("user_seq", "user_id"),
+            SeqTable::Groups => ("group_seq", "group_id"),
+        };
+        let counts: Vec<(i64, i64)> = counts.iter().map(|(u, n)| (*u, *n)).collect();
+        let mut next_seq = HashMap::with_capacity(counts.len());
+        for chunk in counts.chunks(MAX_ROWS_PER_INSERT) {
+            if self.backend() == super::Backend::Postgres {
+                let q = format!(
+                    "SELECT {key} FROM {table} WHERE {key} IN ({}) ORDER BY {key} FOR UPDATE",
+                    sql::list(chunk.len(), 1)
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+                for (u, _) in chunk {
+                    query = query.bind(*u);
+                }
+                query.execute(&mut *tx).await?;
+            }
+            let q = format!(
+                "WITH v (k, n) AS (VALUES {}) \
+                 UPDATE {table} SET seq = {table}.seq + v.n FROM v \
+                 WHERE {table}.{key} = v.k RETURNING {table}.{key}, {table}.seq",
+                sql::values(chunk.len(), 2)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for (u, n) in chunk {
+                query = query.bind(*u).bind(*n);
+            }
+            let wanted: HashMap<i64, i64> = chunk.iter().copied().collect();
+            for row in query.fetch_all(&mut *tx).await? {
+                let (user, end): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                if let Some(n) = wanted.get(&user) {
+                    next_seq.insert(user, (end - n + 1) as u64);
+                }
+            }
+        }
+        Ok(next_seq)
+    }
+
+    /// (sender, target) pairs of the batch's one-to-one messages the policy
+    /// refuses, with the reason; one query for blocks and (under
+    /// friends-only) one for friendships.
+    async fn policy_refusals(
+        &self,
+        tx: &mut AnyConnection,
+        items: &[NewMessage],
+    ) -> Result<HashMap<(i64, i64), &'static str>, StoreError> {
+        let mut pairs: HashMap<(i64, i64), bool> = HashMap::new();
+        for m in items {
+            if let SendPolicy::C2c { friends_only } = m.policy
+                && m.sender != m.target
+            {
+                *pairs.entry((m.sender, m.target)).or_default() |= friends_only;
+            }
+        }
+        let mut refused = HashMap::new();
+        if pairs.is_empty() {
+            return Ok(refused);
+        }
+        let senders: Vec<i64> = pairs
+            .keys()
+            .map(|p| p.0)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let targets: Vec<i64> = pairs
+            .keys()
+            .map(|p| p.1)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        // A block is stored as (blocker, blocked): the recipient blocked the sender.
+        let blocks = pairs_in(tx, "blocks", "blocked_id", &targets, &senders).await?;
+        let friends = if pairs.values().any(|f| *f) {
+            pairs_in(tx, "friends", "friend_id", &senders, &targets).await?
+        } else {
+            HashSet::new()
+        };
+        for (&(sender, target), &friends_only) in &pairs {
+            if blocks.contains(&(target, sender)) {
+                refused.insert((sender, target), BLOCKED_TEXT);
+            } else if friends_only && !friends.contains(&(sender, target)) {
+                refused.insert((sender, target), NOT_FRIENDS_TEXT);
+            }
+        }
+        Ok(refused)
+    }
+
     /// The acknowledgement first given for an already stored message.
     async fn original_ack(
         &self,
@@ -298,6 +419,35 @@ impl Store {
         .await?;
         Ok(page(&rows, limit, false)?)
     }
+}
+
+/// The `(user_id, other)` rows of `table` with `user_id` in `users` and
+/// `other` in `others` (both columns bigint).
+async fn pairs_in(
+    tx: &mut AnyConnection,
+    table: &'static str,
+    other: &'static str,
+    users: &[i64],
+    others: &[i64],
+) -> Result<HashSet<(i64, i64)>, StoreError> {
+    let mut found = HashSet::new();
+    for a in users.chunks(MAX_ROWS_PER_INSERT) {
+        for b in others.chunks(MAX_ROWS_PER_INSERT) {
+            let q = format!(
+                "SELECT user_id, {other} FROM {table} WHERE user_id IN ({}) AND {other} IN ({})",
+                sql::list(a.len(), 1),
+                sql::list(b.len(), a.len() + 1)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for v in a.iter().chain(b) {
+                query = query.bind(*v);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                found.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// One pull page from rows of (seq, id, sender, conv_type, target,

@@ -17,7 +17,7 @@ pub mod receipts;
 pub mod social;
 mod sql;
 
-pub use messages::{BatchOutcome, Delivery, NewMessage, SendResult, Stored};
+pub use messages::{BatchOutcome, Delivery, NewMessage, SendPolicy, SendResult, Stored};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

@@ -1,6 +1,6 @@
 //! Device acknowledgements: cursors move forward and DELIVERED receipts are
 //! stored and sent, all in one transaction, each (message, device) once.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use im_proto::client::{ConversationType, DeviceType, Receipt, ReceiptKind, SystemContentType};
 use im_proto::prost::Message as _;
@@ -36,64 +36,146 @@ impl Store {
         now_ms: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let mut receipts = Vec::new();
-        for ack in acks {
-            receipts.extend(self.apply_ack(&mut tx, *ack, now_ms).await?);
-        }
+        let receipts = self.apply_acks(&mut tx, acks, now_ms).await?;
         let outcome = self.commit_batch_in(&mut tx, &receipts, now_ms).await?;
         tx.commit().await?;
         Ok(outcome.deliveries)
     }
 
-    async fn apply_ack(
+    /// Every acknowledgement of a batch in a fixed number of statements (per
+    /// 500 devices): read sequences and cursors, find the newly covered
+    /// messages, record receipts, move cursors.
+    async fn apply_acks(
         &self,
         tx: &mut AnyConnection,
-        ack: DeviceAck,
+        acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<Vec<NewMessage>, StoreError> {
-        let (user, device) = (ack.user, i64::from(ack.device));
-        let max: i64 = sqlx::query("SELECT seq FROM user_seq WHERE user_id = $1")
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| r.try_get(0))
-            .transpose()?
-            .unwrap_or(0);
-        let old: i64 =
-            sqlx::query("SELECT acked_seq FROM device_cursors WHERE user_id = $1 AND device = $2")
-                .bind(user)
-                .bind(device)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?
-                .unwrap_or(0);
-        let Some((old, seq)) = ack_range(old, ack.seq, max) else {
-            return Ok(Vec::new());
-        };
-        let rows = sqlx::query(
-            "SELECT m.id, m.sender FROM inbox i JOIN messages m ON m.id = i.msg_id \
-             WHERE i.user_id = $1 AND i.seq > $2 AND i.seq <= $3 AND m.sender <> $1 \
-             AND m.conv_type = $4 AND m.content_type < $5 ORDER BY i.seq",
-        )
-        .bind(user)
-        .bind(old)
-        .bind(seq)
-        .bind(ConversationType::C2c as i64)
-        .bind(SYSTEM_CONTENT_TYPES)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut newly: Vec<(i64, i64)> = Vec::new();
-        for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
+        let acks = newest_per_device(acks);
+        let mut receipts = Vec::new();
+        for chunk in acks.chunks(MAX_ROWS_PER_INSERT) {
+            let ranges = self.ack_ranges(tx, chunk).await?;
+            if ranges.is_empty() {
+                continue;
+            }
+            let newly = self.record_receipts(tx, &ranges, now_ms).await?;
+            let q = format!(
+                "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) VALUES {} \
+                 ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
+                 updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
+                sql::values(ranges.len(), 4)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for r in &ranges {
+                query = query
+                    .bind(r.user)
+                    .bind(r.device)
+                    .bind(r.new)
+                    .bind(now_ms as i64);
+            }
+            query.execute(&mut *tx).await?;
+            for r in &ranges {
+                if let Some(pairs) = newly.get(&(r.user, r.device)) {
+                    receipts.extend(receipt_messages(r.user, r.device as i32, pairs.clone()));
+                }
+            }
+        }
+        Ok(receipts)
+    }
+
+    /// The inbox range each acknowledgement newly covers (acks that cover
+    /// nothing new are left out), in the acks' order.
+    async fn ack_ranges(
+        &self,
+        tx: &mut AnyConnection,
+        acks: &[DeviceAck],
+    ) -> Result<Vec<AckRange>, StoreError> {
+        let users: Vec<i64> = acks
+            .iter()
+            .map(|a| a.user)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut newest: HashMap<i64, i64> = HashMap::new();
+        let q = format!(
+            "SELECT user_id, seq FROM user_seq WHERE user_id IN ({})",
+            sql::list(users.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for u in &users {
+            query = query.bind(*u);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            newest.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        let mut cursors: HashMap<(i64, i64), i64> = HashMap::new();
+        let q = format!(
+            "SELECT user_id, device, acked_seq FROM device_cursors WHERE user_id IN ({})",
+            sql::list(users.len(), 1)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for u in &users {
+            query = query.bind(*u);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            cursors.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        }
+        Ok(acks
+            .iter()
+            .filter_map(|a| {
+                let device = i64::from(a.device);
+                let old = cursors.get(&(a.user, device)).copied().unwrap_or(0);
+                let max = newest.get(&a.user).copied().unwrap_or(0);
+                ack_range(old, a.seq, max).map(|(old, new)| AckRange {
+                    user: a.user,
+                    device,
+                    old,
+                    new,
+                })
+            })
+            .collect())
+    }
+
+    /// Records a DELIVERED receipt for each one-to-one message from someone
+    /// else in the ranges (once per message and device); returns the newly
+    /// recorded `(msg_id, sender)` pairs per (user, device).
+    async fn record_receipts(
+        &self,
+        tx: &mut AnyConnection,
+        ranges: &[AckRange],
+        now_ms: u64,
+    ) -> Result<HashMap<(i64, i64), Vec<(i64, i64)>>, StoreError> {
+        let q = format!(
+            "WITH r (user_id, device, lo, hi) AS (VALUES {}) \
+             SELECT r.user_id, r.device, m.id, m.sender FROM r \
+             JOIN inbox i ON i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
+             JOIN messages m ON m.id = i.msg_id \
+             WHERE m.sender <> r.user_id AND m.conv_type = ${} AND m.content_type < ${}",
+            sql::values(ranges.len(), 4),
+            ranges.len() * 4 + 1,
+            ranges.len() * 4 + 2
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for r in ranges {
+            query = query.bind(r.user).bind(r.device).bind(r.old).bind(r.new);
+        }
+        let covered = query
+            .bind(ConversationType::C2c as i64)
+            .bind(SYSTEM_CONTENT_TYPES)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut sender_of: HashMap<i64, i64> = HashMap::new();
+        let mut newly: HashMap<(i64, i64), Vec<(i64, i64)>> = HashMap::new();
+        for chunk in covered.chunks(MAX_ROWS_PER_INSERT) {
             let q = format!(
                 "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) VALUES {} \
-                 ON CONFLICT DO NOTHING RETURNING msg_id",
+                 ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device",
                 sql::values(chunk.len(), 5)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            let mut sender_of = std::collections::HashMap::new();
-            for r in chunk {
-                let (msg_id, sender): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+            for row in chunk {
+                let (user, device): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+                let (msg_id, sender): (i64, i64) = (row.try_get(2)?, row.try_get(3)?);
                 sender_of.insert(msg_id, sender);
                 query = query
                     .bind(msg_id)
@@ -103,25 +185,43 @@ impl Store {
                     .bind(now_ms as i64);
             }
             for row in query.fetch_all(&mut *tx).await? {
-                let msg_id: i64 = row.try_get(0)?;
+                let (msg_id, user, device): (i64, i64, i64) =
+                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
                 if let Some(s) = sender_of.get(&msg_id) {
-                    newly.push((msg_id, *s));
+                    newly.entry((user, device)).or_default().push((msg_id, *s));
                 }
             }
         }
-        sqlx::query(
-            "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
-             updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
-        )
-        .bind(user)
-        .bind(device)
-        .bind(seq)
-        .bind(now_ms as i64)
-        .execute(&mut *tx)
-        .await?;
-        Ok(receipt_messages(user, ack.device, newly))
+        Ok(newly)
     }
+}
+
+/// The part of a device's inbox one acknowledgement newly covers: `(old, new]`.
+#[derive(Debug, Clone, Copy)]
+struct AckRange {
+    user: i64,
+    device: i64,
+    old: i64,
+    new: i64,
+}
+
+/// Keeps the highest ack per (user, device), in first-seen order.
+pub fn newest_per_device(acks: &[DeviceAck]) -> Vec<DeviceAck> {
+    let mut out: Vec<DeviceAck> = Vec::with_capacity(acks.len());
+    let mut index = HashMap::new();
+    for a in acks {
+        match index.get(&(a.user, a.device)) {
+            Some(&i) => {
+                let slot: &mut DeviceAck = &mut out[i];
+                slot.seq = slot.seq.max(a.seq);
+            }
+            None => {
+                index.insert((a.user, a.device), out.len());
+                out.push(*a);
+            }
+        }
+    }
+    out
 }
 
 /// The part of the inbox an acknowledgement newly covers: `(old, new]`, with
@@ -160,6 +260,7 @@ pub fn receipt_messages(reader: i64, device: i32, newly: Vec<(i64, i64)>) -> Vec
                 content_type: SystemContentType::Receipt as u32,
                 body: body.encode_to_vec().into(),
                 recipients: vec![sender],
+                policy: super::messages::SendPolicy::Unchecked,
             }
         })
         .collect()
@@ -168,6 +269,16 @@ pub fn receipt_messages(reader: i64, device: i32, newly: Vec<(i64, i64)>) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keeps_the_newest_ack_per_device() {
+        let a = |user, device, seq| DeviceAck { user, device, seq };
+        let batch = vec![a(1, 1, 5), a(1, 2, 3), a(1, 1, 9), a(1, 1, 7), a(2, 1, 1)];
+        assert_eq!(
+            newest_per_device(&batch),
+            vec![a(1, 1, 9), a(1, 2, 3), a(2, 1, 1)]
+        );
+    }
 
     #[test]
     fn ack_ranges() {

@@ -1,0 +1,219 @@
+//! Frame I/O over a byte stream that holds no buffer while the connection is
+//! idle. `FramedRead`/`FramedWrite` keep 8 KiB each per connection for its
+//! whole life; with 100,000 mostly idle connections that is most of the
+//! gateway's memory. Here the read buffer exists only while bytes are
+//! pending, and the writer queues the already encoded frames (no copy) and
+//! hands them to one vectored write.
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Sink, Stream};
+use im_proto::{Frame, FrameCodec, FrameError};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::Decoder;
+use tokio_util::io::poll_read_buf;
+
+/// Bytes read per read call while frames are arriving.
+const READ_CHUNK: usize = 4096;
+/// Frames handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// Decoded frames from `R`.
+pub struct FrameReader<R> {
+    inner: R,
+    codec: FrameCodec,
+    buf: BytesMut,
+    eof: bool,
+}
+
+impl<R> FrameReader<R> {
+    pub fn new(inner: R, codec: FrameCodec) -> Self {
+        FrameReader {
+            inner,
+            codec,
+            buf: BytesMut::new(),
+            eof: false,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
+    type Item = Result<Frame, FrameError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(frame) = this.codec.decode(&mut this.buf)? {
+                return Poll::Ready(Some(Ok(frame)));
+            }
+            if this.eof {
+                return Poll::Ready(if this.buf.is_empty() {
+                    None
+                } else {
+                    Some(Err(FrameError::Io("connection closed mid-frame".into())))
+                });
+            }
+            if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
+                this.buf.reserve(READ_CHUNK);
+            }
+            match poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    return Poll::Ready(Some(Err(FrameError::Io(e.to_string()))));
+                }
+                Poll::Pending => {
+                    if this.buf.is_empty() {
+                        // Nothing half-read: give the memory back while idle.
+                        this.buf = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// A sink of encoded frames into `W`.
+pub struct FrameWriter<W> {
+    inner: W,
+    queue: VecDeque<Bytes>,
+}
+
+impl<W> FrameWriter<W> {
+    pub fn new(inner: W) -> Self {
+        FrameWriter {
+            inner,
+            queue: VecDeque::new(),
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.queue.is_empty() {
+            let n = {
+                let slices: Vec<IoSlice<'_>> = self
+                    .queue
+                    .iter()
+                    .take(MAX_IOVECS)
+                    .map(|b| IoSlice::new(b))
+                    .collect();
+                ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            let mut left = n;
+            while left > 0 {
+                let front = self.queue.front_mut().expect("wrote more than was queued");
+                if front.len() <= left {
+                    left -= front.len();
+                    self.queue.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        self.queue = VecDeque::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<W: AsyncWrite + Unpin> Sink<Bytes> for FrameWriter<W> {
+    type Error = String;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        let this = self.get_mut();
+        if this.queue.len() >= MAX_IOVECS {
+            ready!(this.poll_write_queue(cx)).map_err(|e| e.to_string())?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: Bytes) -> Result<(), String> {
+        if !item.is_empty() {
+            self.get_mut().queue.push_back(item);
+        }
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_queue(cx)).map_err(|e| e.to_string())?;
+        Pin::new(&mut this.inner)
+            .poll_flush(cx)
+            .map_err(|e| e.to_string())
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.get_mut().inner)
+            .poll_shutdown(cx)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{SinkExt, StreamExt};
+    use im_proto::Command;
+
+    fn frame(seq: u32, body: &[u8]) -> Bytes {
+        Frame::request(Command::C2cSend, seq, body.to_vec()).to_bytes()
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_in_order_through_small_pipes() {
+        // A 7-byte pipe splits frames and vectored writes at odd places.
+        let (a, b) = tokio::io::duplex(7);
+        let (ra, wa) = tokio::io::split(a);
+        let (rb, wb) = tokio::io::split(b);
+        drop((ra, wb));
+        let mut writer = FrameWriter::new(wa);
+        let mut reader = FrameReader::new(rb, FrameCodec::new(1 << 20));
+        let bodies: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| vec![i as u8; (i as usize * 37) % 5000])
+            .collect();
+        let expected = bodies.clone();
+        let send = tokio::spawn(async move {
+            for (i, body) in bodies.iter().enumerate() {
+                writer.feed(frame(i as u32, body)).await.unwrap();
+                if i % 13 == 0 {
+                    writer.flush().await.unwrap();
+                }
+            }
+            writer.close().await.unwrap();
+        });
+        for (i, body) in expected.iter().enumerate() {
+            let f = reader.next().await.unwrap().unwrap();
+            assert_eq!((f.seq, f.body.as_ref()), (i as u32, body.as_slice()));
+        }
+        assert!(reader.next().await.is_none());
+        send.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer_and_a_cut_frame_is_an_error() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(b, FrameCodec::new(1024));
+        tokio::io::AsyncWriteExt::write_all(&mut a, &frame(1, b"hi"))
+            .await
+            .unwrap();
+        assert_eq!(reader.next().await.unwrap().unwrap().seq, 1);
+        let idle = futures::poll!(reader.next());
+        assert!(idle.is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+        let half = frame(2, b"hello");
+        tokio::io::AsyncWriteExt::write_all(&mut a, &half[..10])
+            .await
+            .unwrap();
+        drop(a);
+        assert!(matches!(reader.next().await, Some(Err(FrameError::Io(_)))));
+    }
+}
