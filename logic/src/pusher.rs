@@ -66,7 +66,8 @@ pub fn plan_pushes(
     batches
 }
 
-/// Delivers batches in the order they were committed, one task per committer shard.
+/// Delivers batches in the order they were committed, merging those that
+/// wait behind a push in flight.
 #[derive(Clone)]
 pub struct Pusher {
     tx: mpsc::Sender<Vec<Outgoing>>,
@@ -76,7 +77,12 @@ impl Pusher {
     pub fn start(routes: Arc<dyn RouteTable>, gateways: Arc<dyn GatewayApi>) -> Pusher {
         let (tx, mut rx) = mpsc::channel::<Vec<Outgoing>>(256);
         tokio::spawn(async move {
-            while let Some(batch) = rx.recv().await {
+            // Whatever queued up while the previous push was out goes out
+            // together (in commit order): one route lookup and one call per
+            // gateway however many batches committed meanwhile.
+            let mut queued: Vec<Vec<Outgoing>> = Vec::new();
+            while rx.recv_many(&mut queued, 64).await > 0 {
+                let batch: Vec<Outgoing> = queued.drain(..).flatten().collect();
                 push_once(routes.as_ref(), gateways.as_ref(), batch).await;
             }
         });

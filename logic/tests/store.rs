@@ -290,3 +290,44 @@ async fn batching_postgres() {
     let store = common::postgres("im_batch").await;
     batching(&store).await;
 }
+
+/// The acknowledgement query reads each acknowledged range through the inbox
+/// index, not by scanning every inbox (which Postgres prefers for a plain
+/// join once a batch holds a few dozen acks and the inbox is large).
+#[tokio::test]
+async fn acks_read_inbox_ranges_by_index_on_postgres() {
+    use im_logic::store::Backend;
+    use im_logic::store::receipts::covered_sql;
+    use sqlx::Row;
+    let store = common::postgres("im_plan").await;
+    let s = store.create_user("s", "h", 0).await.unwrap();
+    let mut users = Vec::new();
+    for i in 0..100 {
+        users.push(store.create_user(&format!("r{i}"), "h", 0).await.unwrap());
+    }
+    for round in 0..40 {
+        let items: Vec<NewMessage> = (0..1000)
+            .map(|i| msg(s, users[i % 100], &format!("{round}-{i}")))
+            .collect();
+        store.commit_batch(&items, 1).await.unwrap();
+    }
+    sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+    let n = 60;
+    let q = format!("EXPLAIN {}", covered_sql(Backend::Postgres, n));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+    for u in &users[..n] {
+        query = query.bind(*u).bind(1i64).bind(390i64).bind(400i64);
+    }
+    let plan: Vec<String> = query
+        .bind(ConversationType::C2c as i64)
+        .bind(0xF000i64)
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).unwrap())
+        .collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan on inbox"), "{plan}");
+    assert!(plan.contains("inbox_pkey"), "{plan}");
+}

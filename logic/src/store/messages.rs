@@ -303,15 +303,22 @@ impl Store {
                 }
                 query.execute(&mut *tx).await?;
             }
+            // The key list beside the join keeps the plan an index lookup
+            // per key, whatever the planner thinks of the VALUES list.
             let q = format!(
                 "WITH v (k, n) AS (VALUES {}) \
                  UPDATE {table} SET seq = {table}.seq + v.n FROM v \
-                 WHERE {table}.{key} = v.k RETURNING {table}.{key}, {table}.seq",
-                sql::values(chunk.len(), 2)
+                 WHERE {table}.{key} = v.k AND {table}.{key} IN ({}) \
+                 RETURNING {table}.{key}, {table}.seq",
+                sql::values(chunk.len(), 2),
+                sql::list(chunk.len(), chunk.len() * 2 + 1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
             for (u, n) in chunk {
                 query = query.bind(*u).bind(*n);
+            }
+            for (u, _) in chunk {
+                query = query.bind(*u);
             }
             let wanted: HashMap<i64, i64> = chunk.iter().copied().collect();
             for row in query.fetch_all(&mut *tx).await? {

@@ -145,16 +145,7 @@ impl Store {
         ranges: &[AckRange],
         now_ms: u64,
     ) -> Result<HashMap<(i64, i64), Vec<(i64, i64)>>, StoreError> {
-        let q = format!(
-            "WITH r (user_id, device, lo, hi) AS (VALUES {}) \
-             SELECT r.user_id, r.device, m.id, m.sender FROM r \
-             JOIN inbox i ON i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
-             JOIN messages m ON m.id = i.msg_id \
-             WHERE m.sender <> r.user_id AND m.conv_type = ${} AND m.content_type < ${}",
-            sql::values(ranges.len(), 4),
-            ranges.len() * 4 + 1,
-            ranges.len() * 4 + 2
-        );
+        let q = covered_sql(self.backend(), ranges.len());
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
         for r in ranges {
             query = query.bind(r.user).bind(r.device).bind(r.old).bind(r.new);
@@ -193,6 +184,39 @@ impl Store {
             }
         }
         Ok(newly)
+    }
+}
+
+/// The one-to-one messages from others in `ranges` inbox ranges (bound as
+/// user, device, lo, hi per range, then the c2c conversation type and the
+/// first system content type), as (user, device, msg_id, sender) rows.
+///
+/// Each range must be an index range scan of the inbox. Postgres would
+/// rather hash-join a scan of the whole inbox once there are a few dozen
+/// ranges, so there each range is a LATERAL subquery (`OFFSET 0` keeps the
+/// planner from flattening it back into a join); SQLite has no LATERAL and
+/// loops over the ranges anyway.
+pub fn covered_sql(backend: super::Backend, ranges: usize) -> String {
+    let (conv, content) = (ranges * 4 + 1, ranges * 4 + 2);
+    let covered = "SELECT m.id, m.sender FROM inbox i JOIN messages m ON m.id = i.msg_id";
+    let filter = format!(
+        "i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
+         AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.content_type < ${content}"
+    );
+    let ranges_cte = format!(
+        "WITH r (user_id, device, lo, hi) AS (VALUES {})",
+        sql::values(ranges, 4)
+    );
+    match backend {
+        super::Backend::Postgres => format!(
+            "{ranges_cte} SELECT r.user_id, r.device, c.id, c.sender FROM r \
+             CROSS JOIN LATERAL ({covered} WHERE {filter} OFFSET 0) c"
+        ),
+        super::Backend::Sqlite => format!(
+            "{ranges_cte} SELECT r.user_id, r.device, m.id, m.sender FROM r \
+             JOIN inbox i ON i.user_id = r.user_id JOIN messages m ON m.id = i.msg_id \
+             WHERE {filter}"
+        ),
     }
 }
 
