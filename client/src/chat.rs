@@ -40,13 +40,25 @@ pub struct ChatClient {
 struct State {
     tracker: SeqTracker,
     ready: VecDeque<Message>,
-    /// Messages this connection sent: already known, not handed out again.
-    sent_here: HashSet<i64>,
+    /// Client message ids this client sent (recorded before the send, so a
+    /// copy pulled before the SENT reply is recognised too): not handed out.
+    sent_here: HashSet<String>,
     /// Cursors of read-diffusion groups (messages outside the inbox).
     groups: GroupCursors,
     /// The last inbox sequence acknowledged on this connection: group
     /// messages do not move the inbox, so they need no ACK of their own.
     acked: u64,
+}
+
+impl State {
+    /// What is ready to hand out, without this client's own messages.
+    fn take_ready(&mut self, me: i64) -> Vec<Message> {
+        let ready: Vec<Message> = self.ready.drain(..).collect();
+        ready
+            .into_iter()
+            .filter(|m| !(m.from == me && self.sent_here.remove(&m.client_msg_id)))
+            .collect()
+    }
 }
 
 /// Page size for catch-up pulls.
@@ -90,6 +102,21 @@ impl ChatClient {
         self.state().tracker.last()
     }
 
+    /// Runs a send, with its client message id recorded as this client's
+    /// own for as long as the server may hand the message back.
+    async fn sending<T>(
+        &self,
+        client_msg_id: &str,
+        send: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        self.state().sent_here.insert(client_msg_id.to_string());
+        let r = send.await;
+        if r.is_err() {
+            self.state().sent_here.remove(client_msg_id);
+        }
+        r
+    }
+
     /// Sends a message with an explicit client message id (for retries).
     pub async fn send_with_id(
         &self,
@@ -104,7 +131,7 @@ impl ChatClient {
             content_type,
             body: body.clone(),
         };
-        let resp = self.conn.send_c2c(req).await?;
+        let resp = self.sending(client_msg_id, self.conn.send_c2c(req)).await?;
         let own = Message {
             msg_id: resp.msg_id,
             seq: resp.seq,
@@ -118,7 +145,6 @@ impl ChatClient {
             group_seq: 0,
         };
         let mut st = self.state();
-        st.sent_here.insert(resp.msg_id);
         let offered = st.tracker.offer([own]);
         st.ready.extend(offered.ready);
         Ok(resp)
@@ -141,7 +167,6 @@ impl ChatClient {
             body: body.to_vec(),
         };
         let resp = self.conn.send_c2g(req).await?;
-        self.state().sent_here.insert(resp.msg_id);
         Ok(resp)
     }
 
@@ -297,11 +322,41 @@ impl ChatClient {
     }
 
     fn take_ready(&self) -> Vec<Message> {
-        let mut st = self.state();
-        let ready: Vec<Message> = st.ready.drain(..).collect();
-        ready
-            .into_iter()
-            .filter(|m| !st.sent_here.remove(&m.msg_id))
-            .collect()
+        self.state().take_ready(self.user_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An own message pulled (say, to fill a gap a receipt opened) before
+    /// its SENT reply arrived is still recognised as this client's own.
+    #[test]
+    fn own_copy_pulled_before_the_sent_reply_is_not_handed_out() {
+        let mut st = State {
+            tracker: SeqTracker::new(0),
+            ready: VecDeque::new(),
+            sent_here: HashSet::new(),
+            groups: GroupCursors::default(),
+            acked: 0,
+        };
+        // Recorded when the send starts; no SENT reply (no msg_id) yet.
+        st.sent_here.insert("c1".into());
+        let msg = |seq, from, id: &str| Message {
+            seq,
+            from,
+            client_msg_id: id.into(),
+            ..Default::default()
+        };
+        let offered = st
+            .tracker
+            .offer([msg(1, 7, "c1"), msg(2, 9, "c1"), msg(3, 7, "c2")]);
+        st.ready.extend(offered.ready);
+        let out: Vec<u64> = st.take_ready(7).iter().map(|m| m.seq).collect();
+        // Its own "c1" is held back; another user's "c1" and an own message
+        // sent from another device ("c2") are handed out.
+        assert_eq!(out, vec![2, 3]);
+        assert!(st.sent_here.is_empty());
     }
 }

@@ -15,12 +15,26 @@ pub struct Acker {
 
 const MAX_BATCH: usize = 1024;
 
+/// How long a small batch waits for more acks. Receipts are not on the
+/// message path, and each ack transaction costs the store about as much as a
+/// message batch: gathering acks for a few milliseconds keeps their
+/// transactions few when thousands of devices ack one message each.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
 impl Acker {
     pub fn start(store: Store, pusher: Pusher) -> Acker {
         let (tx, mut rx) = mpsc::channel::<DeviceAck>(16 * 1024);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                if batch.len() < MAX_BATCH {
+                    tokio::time::sleep(LINGER).await;
+                    while batch.len() < MAX_BATCH
+                        && let Ok(a) = rx.try_recv()
+                    {
+                        batch.push(a);
+                    }
+                }
                 let result = store.commit_acks(&batch, im_proto::now_ms()).await;
                 batch.clear();
                 match result {

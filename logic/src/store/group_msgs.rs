@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use im_proto::client::Message;
 use sqlx::{AnyConnection, Row};
 
-use super::messages::{NewMessage, SeqTable};
-use super::sql::{self, MAX_ROWS_PER_INSERT};
+use super::messages::{NewMessage, SeqTable, insert_entries, insert_messages};
 use super::{Store, StoreError};
 
 /// The acknowledgement of a read-diffusion message.
@@ -57,29 +56,8 @@ impl Store {
                 }
             }
         }
-        let mut inserted: HashMap<(i64, String), i64> = HashMap::new();
-        for chunk in candidates.chunks(MAX_ROWS_PER_INSERT) {
-            let q = format!(
-                "INSERT INTO messages (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
-                 VALUES {} ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id, sender, client_msg_id",
-                sql::values(chunk.len(), 7)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for &i in chunk {
-                let m = &items[i];
-                query = query
-                    .bind(m.sender)
-                    .bind(m.client_msg_id.as_str())
-                    .bind(m.conv_type as i64)
-                    .bind(m.target)
-                    .bind(i64::from(m.content_type))
-                    .bind(m.body.to_vec())
-                    .bind(now_ms as i64);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                inserted.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
-            }
-        }
+        let new: Vec<&NewMessage> = candidates.iter().map(|&i| &items[i]).collect();
+        let inserted = insert_messages(&mut tx, &new, now_ms).await?;
         let mut fresh: Vec<(usize, i64)> = Vec::new();
         let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
         for &i in &candidates {
@@ -93,7 +71,9 @@ impl Store {
             }
         }
         // The row lock on group_seq orders a group's batches by commit.
-        let mut next = self.allocate(&mut tx, SeqTable::Groups, &counts).await?;
+        let mut next = self
+            .allocate(&mut tx, SeqTable::Groups, &counts, true)
+            .await?;
         let mut rows: Vec<(i64, i64, i64)> = Vec::with_capacity(fresh.len());
         for (i, msg_id) in fresh {
             let group = items[i].target;
@@ -109,17 +89,7 @@ impl Store {
             });
             *seq += 1;
         }
-        for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
-            let q = format!(
-                "INSERT INTO group_inbox (group_id, seq, msg_id) VALUES {}",
-                sql::values(chunk.len(), 3)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for (g, seq, id) in chunk {
-                query = query.bind(*g).bind(*seq).bind(*id);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        insert_entries(&mut tx, "group_inbox (group_id, seq, msg_id)", &rows).await?;
         tx.commit().await?;
         for (i, j) in follows {
             results[i] = results[j].map(|s| GroupStored {

@@ -1,6 +1,6 @@
 //! Messages and inboxes: the group-commit batch and paged pulls. One batch is
 //! one transaction; nothing here is acknowledged before its commit returns.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use im_common::api::ApiError;
 use im_proto::client::{ConversationType, ErrorCode, Message, SystemContentType};
@@ -104,27 +104,16 @@ impl Store {
     ) -> Result<BatchOutcome, StoreError> {
         let mut results: Vec<Option<SendResult>> = vec![None; items.len()];
 
-        // 1. Unknown recipients are refused before anything is written.
-        let wanted: Vec<i64> = items
+        // 1. Every user whose inbox the batch may write, locked in id order
+        // (so concurrent batches never deadlock on Postgres); unknown
+        // recipients are refused before anything is written.
+        let users: Vec<i64> = items
             .iter()
-            .flat_map(|m| m.recipients.iter().copied())
-            .collect::<HashSet<_>>()
+            .flat_map(|m| inbox_users(m).chain(m.recipients.iter().copied()))
+            .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut known: HashSet<i64> = HashSet::new();
-        for chunk in wanted.chunks(MAX_ROWS_PER_INSERT) {
-            let q = format!(
-                "SELECT user_id FROM user_seq WHERE user_id IN ({})",
-                sql::list(chunk.len(), 1)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for u in chunk {
-                query = query.bind(*u);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                known.insert(row.try_get::<i64, _>(0)?);
-            }
-        }
+        let known = self.lock_users(&mut *tx, &users).await?;
 
         // 1b. The one-to-one policy, for every checked message at once.
         let refused = self.policy_refusals(&mut *tx, items).await?;
@@ -157,29 +146,8 @@ impl Store {
         }
 
         // 3. Insert; a conflict means the message was stored before.
-        let mut inserted: HashMap<(i64, String), i64> = HashMap::new();
-        for chunk in candidates.chunks(MAX_ROWS_PER_INSERT) {
-            let q = format!(
-                "INSERT INTO messages (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
-                 VALUES {} ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id, sender, client_msg_id",
-                sql::values(chunk.len(), 7)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for &i in chunk {
-                let m = &items[i];
-                query = query
-                    .bind(m.sender)
-                    .bind(m.client_msg_id.as_str())
-                    .bind(m.conv_type as i64)
-                    .bind(m.target)
-                    .bind(i64::from(m.content_type))
-                    .bind(m.body.to_vec())
-                    .bind(now_ms as i64);
-            }
-            for row in query.fetch_all(&mut *tx).await? {
-                inserted.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
-            }
-        }
+        let fresh: Vec<&NewMessage> = candidates.iter().map(|&i| &items[i]).collect();
+        let inserted = insert_messages(&mut *tx, &fresh, now_ms).await?;
 
         // 4. Allocate sequences: per user, in batch order, users locked in id order.
         let mut new_items: Vec<(usize, i64)> = Vec::new();
@@ -198,7 +166,9 @@ impl Store {
                 }
             }
         }
-        let mut next_seq = self.allocate(&mut *tx, SeqTable::Users, &counts).await?;
+        let mut next_seq = self
+            .allocate(&mut *tx, SeqTable::Users, &counts, false)
+            .await?;
 
         // 5. Inbox rows.
         let mut deliveries = Vec::new();
@@ -239,20 +209,11 @@ impl Store {
                 duplicate: false,
             }));
         }
-        for chunk in deliveries.chunks(MAX_ROWS_PER_INSERT) {
-            let q = format!(
-                "INSERT INTO inbox (user_id, seq, msg_id) VALUES {}",
-                sql::values(chunk.len(), 3)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for d in chunk {
-                query = query
-                    .bind(d.user)
-                    .bind(d.message.seq as i64)
-                    .bind(d.message.msg_id);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        let rows: Vec<(i64, i64, i64)> = deliveries
+            .iter()
+            .map(|d| (d.user, d.message.seq as i64, d.message.msg_id))
+            .collect();
+        insert_entries(&mut *tx, "inbox (user_id, seq, msg_id)", &rows).await?;
 
         for (i, j) in follows {
             results[i] = results[j].clone().map(|r| {
@@ -276,14 +237,44 @@ impl Store {
         })
     }
 
-    /// Reserves `n` sequences for each user in one statement per chunk;
-    /// returns each user's first reserved sequence. On Postgres the rows are
-    /// locked in user order first, so concurrent batches never deadlock.
+    /// Reserves `n` sequences for each key in one statement per chunk;
+    /// returns each key's first reserved sequence. With `lock` (on Postgres)
+    /// the rows are locked in key order first, so concurrent batches never
+    /// deadlock; without, the caller took the locks.
+    /// Takes the row locks of `users` (ascending) in their `user_seq` rows
+    /// (on Postgres; SQLite has one writer anyway) and returns which exist.
+    async fn lock_users(
+        &self,
+        tx: &mut AnyConnection,
+        users: &[i64],
+    ) -> Result<HashSet<i64>, StoreError> {
+        let lock = match self.backend() {
+            super::Backend::Postgres => " FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
+        let mut known = HashSet::with_capacity(users.len());
+        for chunk in users.chunks(MAX_ROWS_PER_INSERT) {
+            let q = format!(
+                "SELECT user_id FROM user_seq WHERE user_id IN ({}) ORDER BY user_id{lock}",
+                sql::list(sql::padded_len(chunk.len()), 1)
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+            for u in sql::padded_ids(chunk) {
+                query = query.bind(u);
+            }
+            for row in query.fetch_all(&mut *tx).await? {
+                known.insert(row.try_get::<i64, _>(0)?);
+            }
+        }
+        Ok(known)
+    }
+
     pub(super) async fn allocate(
         &self,
         tx: &mut AnyConnection,
         table: SeqTable,
         counts: &BTreeMap<i64, i64>,
+        lock: bool,
     ) -> Result<HashMap<i64, u64>, StoreError> {
         let (table, key) = match table {
             SeqTable::Users => ("user_seq", "user_id"),
@@ -292,7 +283,7 @@ impl Store {
         let counts: Vec<(i64, i64)> = counts.iter().map(|(u, n)| (*u, *n)).collect();
         let mut next_seq = HashMap::with_capacity(counts.len());
         for chunk in counts.chunks(MAX_ROWS_PER_INSERT) {
-            if self.backend() == super::Backend::Postgres {
+            if lock && self.backend() == super::Backend::Postgres {
                 let q = format!(
                     "SELECT {key} FROM {table} WHERE {key} IN ({}) ORDER BY {key} FOR UPDATE",
                     sql::list(chunk.len(), 1)
@@ -305,20 +296,24 @@ impl Store {
             }
             // The key list beside the join keeps the plan an index lookup
             // per key, whatever the planner thinks of the VALUES list.
+            let padded = sql::padded_len(chunk.len());
             let q = format!(
                 "WITH v (k, n) AS (VALUES {}) \
                  UPDATE {table} SET seq = {table}.seq + v.n FROM v \
                  WHERE {table}.{key} = v.k AND {table}.{key} IN ({}) \
                  RETURNING {table}.{key}, {table}.seq",
-                sql::values(chunk.len(), 2),
-                sql::list(chunk.len(), chunk.len() * 2 + 1)
+                sql::values(padded, 2),
+                sql::list(padded, padded * 2 + 1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
             for (u, n) in chunk {
                 query = query.bind(*u).bind(*n);
             }
-            for (u, _) in chunk {
-                query = query.bind(*u);
+            // NULL keys match nothing; repeated ids in the list change nothing.
+            query = sql::bind_null_rows(query, chunk.len(), 2);
+            let keys: Vec<i64> = chunk.iter().map(|(u, _)| *u).collect();
+            for u in sql::padded_ids(&keys) {
+                query = query.bind(u);
             }
             let wanted: HashMap<i64, i64> = chunk.iter().copied().collect();
             for row in query.fetch_all(&mut *tx).await? {
@@ -428,6 +423,71 @@ impl Store {
     }
 }
 
+/// Inserts messages (a conflict on (sender, client_msg_id) inserts nothing)
+/// and returns the ids of those inserted, by (sender, client_msg_id).
+pub(super) async fn insert_messages(
+    tx: &mut AnyConnection,
+    items: &[&NewMessage],
+    now_ms: u64,
+) -> Result<HashMap<(i64, String), i64>, StoreError> {
+    let mut inserted = HashMap::with_capacity(items.len());
+    for chunk in items.chunks(MAX_ROWS_PER_INSERT) {
+        let q = format!(
+            "INSERT INTO messages (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
+             {} ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id, sender, client_msg_id",
+            sql::padded_values(chunk.len(), 7)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for m in chunk {
+            query = query
+                .bind(m.sender)
+                .bind(m.client_msg_id.as_str())
+                .bind(m.conv_type as i64)
+                .bind(m.target)
+                .bind(i64::from(m.content_type))
+                .bind(m.body.to_vec())
+                .bind(now_ms as i64);
+        }
+        for _ in chunk.len()..sql::padded_len(chunk.len()) {
+            query = query
+                .bind(None::<i64>)
+                .bind(None::<&str>)
+                .bind(None::<i64>)
+                .bind(None::<i64>)
+                .bind(None::<i64>)
+                .bind(None::<Vec<u8>>)
+                .bind(None::<i64>);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            inserted.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+        }
+    }
+    Ok(inserted)
+}
+
+/// Inserts (key, seq, msg_id) rows into `target`, an inbox table with its
+/// column list, e.g. `inbox (user_id, seq, msg_id)`.
+pub(super) async fn insert_entries(
+    tx: &mut AnyConnection,
+    target: &'static str,
+    rows: &[(i64, i64, i64)],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
+        let q = format!(
+            "INSERT INTO {target} {}",
+            sql::padded_values(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for (k, seq, id) in chunk {
+            query = query.bind(*k).bind(*seq).bind(*id);
+        }
+        sql::bind_null_rows(query, chunk.len(), 3)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The `(user_id, other)` rows of `table` with `user_id` in `users` and
 /// `other` in `others` (both columns bigint).
 async fn pairs_in(
@@ -440,14 +500,23 @@ async fn pairs_in(
     let mut found = HashSet::new();
     for a in users.chunks(MAX_ROWS_PER_INSERT) {
         for b in others.chunks(MAX_ROWS_PER_INSERT) {
+            // Both lists padded to one length: one statement shape per size.
+            let n = sql::padded_len(a.len().max(b.len()));
             let q = format!(
                 "SELECT user_id, {other} FROM {table} WHERE user_id IN ({}) AND {other} IN ({})",
-                sql::list(a.len(), 1),
-                sql::list(b.len(), a.len() + 1)
+                sql::list(n, 1),
+                sql::list(n, n + 1)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for v in a.iter().chain(b) {
-                query = query.bind(*v);
+            for list in [a, b] {
+                let pad = list.last().copied().unwrap_or(0);
+                for v in list
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad, n - list.len()))
+                {
+                    query = query.bind(v);
+                }
             }
             for row in query.fetch_all(&mut *tx).await? {
                 found.insert((row.try_get(0)?, row.try_get(1)?));

@@ -77,7 +77,7 @@ impl Store {
                 })
             });
         }
-        let pool = options.connect(url).await?;
+        let pool = options.connect(&with_statement_cache(url, backend)).await?;
         Ok(Store { pool, backend })
     }
 
@@ -214,6 +214,20 @@ pub(crate) fn first_u64(row: Option<sqlx::any::AnyRow>) -> Result<u64, sqlx::Err
         .unwrap_or(0) as u64)
 }
 
+/// Prepared statements kept per connection (sqlx's default is 100). Batch
+/// statements come in a few padded sizes each (see `sql::padded_ids`);
+/// together they need more than the default, or they are evicted and parsed
+/// again all the time. A URL that sets its own capacity keeps it.
+const STATEMENT_CACHE: usize = 512;
+
+fn with_statement_cache(url: &str, backend: Backend) -> String {
+    if backend != Backend::Postgres || url.contains("statement-cache-capacity") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}statement-cache-capacity={STATEMENT_CACHE}")
+}
+
 fn backend_of(url: &str) -> Result<Backend, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Backend::Postgres)
@@ -221,5 +235,31 @@ fn backend_of(url: &str) -> Result<Backend, StoreError> {
         Ok(Backend::Sqlite)
     } else {
         Err(StoreError::UnsupportedUrl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_urls_get_a_bigger_statement_cache_unless_set() {
+        let pg = |u| with_statement_cache(u, Backend::Postgres);
+        assert_eq!(
+            pg("postgres://h/db"),
+            "postgres://h/db?statement-cache-capacity=512"
+        );
+        assert_eq!(
+            pg("postgres://h/db?sslmode=disable"),
+            "postgres://h/db?sslmode=disable&statement-cache-capacity=512"
+        );
+        assert_eq!(
+            pg("postgres://h/db?statement-cache-capacity=7"),
+            "postgres://h/db?statement-cache-capacity=7"
+        );
+        assert_eq!(
+            with_statement_cache("sqlite://x.db", Backend::Sqlite),
+            "sqlite://x.db"
+        );
     }
 }

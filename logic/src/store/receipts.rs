@@ -60,10 +60,10 @@ impl Store {
             }
             let newly = self.record_receipts(tx, &ranges, now_ms).await?;
             let q = format!(
-                "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) VALUES {} \
+                "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) {} \
                  ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
                  updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
-                sql::values(ranges.len(), 4)
+                sql::padded_values(ranges.len(), 4)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
             for r in &ranges {
@@ -73,7 +73,9 @@ impl Store {
                     .bind(r.new)
                     .bind(now_ms as i64);
             }
-            query.execute(&mut *tx).await?;
+            sql::bind_null_rows(query, ranges.len(), 4)
+                .execute(&mut *tx)
+                .await?;
             for r in &ranges {
                 if let Some(pairs) = newly.get(&(r.user, r.device)) {
                     receipts.extend(receipt_messages(r.user, r.device as i32, pairs.clone()));
@@ -99,11 +101,11 @@ impl Store {
         let mut newest: HashMap<i64, i64> = HashMap::new();
         let q = format!(
             "SELECT user_id, seq FROM user_seq WHERE user_id IN ({})",
-            sql::list(users.len(), 1)
+            sql::list(sql::padded_len(users.len()), 1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for u in &users {
-            query = query.bind(*u);
+        for u in sql::padded_ids(&users) {
+            query = query.bind(u);
         }
         for row in query.fetch_all(&mut *tx).await? {
             newest.insert(row.try_get(0)?, row.try_get(1)?);
@@ -111,11 +113,11 @@ impl Store {
         let mut cursors: HashMap<(i64, i64), i64> = HashMap::new();
         let q = format!(
             "SELECT user_id, device, acked_seq FROM device_cursors WHERE user_id IN ({})",
-            sql::list(users.len(), 1)
+            sql::list(sql::padded_len(users.len()), 1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for u in &users {
-            query = query.bind(*u);
+        for u in sql::padded_ids(&users) {
+            query = query.bind(u);
         }
         for row in query.fetch_all(&mut *tx).await? {
             cursors.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
@@ -145,12 +147,13 @@ impl Store {
         ranges: &[AckRange],
         now_ms: u64,
     ) -> Result<HashMap<(i64, i64), Vec<(i64, i64)>>, StoreError> {
-        let q = covered_sql(self.backend(), ranges.len());
+        let q = covered_sql(self.backend(), sql::padded_len(ranges.len()));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
         for r in ranges {
             query = query.bind(r.user).bind(r.device).bind(r.old).bind(r.new);
         }
-        let covered = query
+        // NULL ranges cover nothing.
+        let covered = sql::bind_null_rows(query, ranges.len(), 4)
             .bind(ConversationType::C2c as i64)
             .bind(SYSTEM_CONTENT_TYPES)
             .fetch_all(&mut *tx)
@@ -159,9 +162,9 @@ impl Store {
         let mut newly: HashMap<(i64, i64), Vec<(i64, i64)>> = HashMap::new();
         for chunk in covered.chunks(MAX_ROWS_PER_INSERT) {
             let q = format!(
-                "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) VALUES {} \
+                "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) {} \
                  ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device",
-                sql::values(chunk.len(), 5)
+                sql::padded_values(chunk.len(), 5)
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
             for row in chunk {
@@ -175,6 +178,7 @@ impl Store {
                     .bind(ReceiptKind::Delivered as i64)
                     .bind(now_ms as i64);
             }
+            let query = sql::bind_null_rows(query, chunk.len(), 5);
             for row in query.fetch_all(&mut *tx).await? {
                 let (msg_id, user, device): (i64, i64, i64) =
                     (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
@@ -188,7 +192,7 @@ impl Store {
 }
 
 /// The one-to-one messages from others in `ranges` inbox ranges (bound as
-/// user, device, lo, hi per range, then the c2c conversation type and the
+/// user, device, lo, hi per range, NULL for none, then the c2c conversation type and the
 /// first system content type), as (user, device, msg_id, sender) rows.
 ///
 /// Each range must be an index range scan of the inbox. Postgres would

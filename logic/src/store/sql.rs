@@ -2,7 +2,24 @@
 
 /// Rows per multi-row INSERT: keeps every statement far below the bind
 /// parameter limits of both backends (SQLite 32766, Postgres 65535).
-pub const MAX_ROWS_PER_INSERT: usize = 500;
+pub const MAX_ROWS_PER_INSERT: usize = 512;
+
+/// Ids bound to an `IN (...)` list, padded by repeating the last one to a
+/// power of two: every batch size then reuses one of ten statement shapes,
+/// which stay prepared, instead of a new shape (parsed and planned anew)
+/// per size. Repeats do not change what `IN` matches.
+pub fn padded_ids(ids: &[i64]) -> impl Iterator<Item = i64> + '_ {
+    let pad = ids.last().copied().unwrap_or(0);
+    let n = padded_len(ids.len());
+    ids.iter()
+        .copied()
+        .chain(std::iter::repeat_n(pad, n - ids.len()))
+}
+
+/// The length [`padded_ids`] pads `n` ids to.
+pub fn padded_len(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}
 
 /// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns.
 pub fn values(rows: usize, cols: usize) -> String {
@@ -24,6 +41,29 @@ pub fn values(rows: usize, cols: usize) -> String {
     s
 }
 
+/// `SELECT * FROM (VALUES ...) AS v WHERE v.column1 IS NOT NULL` with
+/// `rows` padded to [`padded_len`]: the caller binds the real rows, then
+/// NULL rows to the padded length (see [`padded_ids`] for why). Both
+/// backends name the columns of a VALUES list `column1`, `column2`, ...
+pub fn padded_values(rows: usize, cols: usize) -> String {
+    format!(
+        "SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
+        values(padded_len(rows), cols)
+    )
+}
+
+/// A query of the `Any` driver, as built with `sqlx::query`.
+pub type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Binds NULL rows of `cols` bigint columns after `rows` real ones, up to
+/// the padded length of a [`padded_values`] statement.
+pub fn bind_null_rows(mut query: AnyQuery<'_>, rows: usize, cols: usize) -> AnyQuery<'_> {
+    for _ in 0..(padded_len(rows) - rows) * cols {
+        query = query.bind(None::<i64>);
+    }
+    query
+}
+
 /// `$start, $start+1, ...` (`n` of them), for `IN (...)` lists.
 pub fn list(n: usize, start: usize) -> String {
     (start..start + n)
@@ -38,5 +78,15 @@ mod tests {
     fn builds_placeholders() {
         assert_eq!(super::values(2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(super::list(3, 2), "$2, $3, $4");
+    }
+
+    #[test]
+    fn pads_id_lists_to_powers_of_two() {
+        let pad = |ids: &[i64]| super::padded_ids(ids).collect::<Vec<_>>();
+        assert_eq!(pad(&[]), vec![0]);
+        assert_eq!(pad(&[7]), vec![7]);
+        assert_eq!(pad(&[1, 2, 3]), vec![1, 2, 3, 3]);
+        assert_eq!(pad(&[1, 2, 3, 4, 5]), vec![1, 2, 3, 4, 5, 5, 5, 5]);
+        assert_eq!(super::padded_len(512), 512);
     }
 }
