@@ -87,12 +87,8 @@ impl Proc {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("IM_BENCH_SERVER_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stdout(server_log())
+            .stderr(server_log());
         // Benchmarks send far above a person's typing speed, to strangers.
         cmd.env("IM_RATE_LIMIT", "0").env("IM_C2C_POLICY", "anyone");
         cmd.env(
@@ -416,5 +412,14 @@ impl Target {
             out.insert(url.clone(), v);
         }
         serde_json::Value::Object(out)
+    }
+}
+
+/// Server output: shown with `IM_BENCH_SERVER_LOGS` set, dropped otherwise.
+fn server_log() -> Stdio {
+    if std::env::var_os("IM_BENCH_SERVER_LOGS").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
     }
 }

@@ -27,6 +27,36 @@ use crate::ratelimit::TokenBucket;
 
 type Pending = Pin<Box<dyn Future<Output = (u16, u32, UpReply)> + Send>>;
 
+/// A [`LogicApi`] whose reply futures run as tasks of their own.
+///
+/// A session polls its in-flight replies only between frames, and may wait
+/// in `submit` (a full store queue) meanwhile. In-process logic (the single
+/// node) returns reply futures that do the work themselves, e.g. a PULL that
+/// holds a pooled store connection while it runs: left unpolled behind a
+/// waiting `submit`, such futures can hold every connection the store queue
+/// needs to drain, and the node stalls. Spawned, they finish regardless. (The
+/// gRPC path needs none of this: logic runs the work, the gateway's reply
+/// future only waits for the answer.)
+pub struct DetachedReplies(pub Arc<dyn im_common::api::LogicApi>);
+
+#[async_trait::async_trait]
+impl im_common::api::LogicApi for DetachedReplies {
+    async fn auth(&self, req: logic::AuthRequest) -> Result<logic::AuthReply, ApiError> {
+        self.0.auth(req).await
+    }
+
+    async fn submit(&self, req: UpRequest) -> ReplyFuture {
+        let req_id = req.req_id;
+        let task = tokio::spawn(self.0.submit(req).await);
+        Box::pin(async move {
+            task.await.unwrap_or_else(|e| {
+                ApiError::new(ErrorCode::Internal, format!("request failed: {e}"))
+                    .into_reply(req_id)
+            })
+        })
+    }
+}
+
 /// The error frame for `err`, in answer to (`command`, `seq`).
 pub fn error_frame(command: u16, seq: u32, err: &ApiError) -> Bytes {
     metrics::PROTOCOL_ERRORS
@@ -60,10 +90,12 @@ where
         // Boxed: its state lives on the heap only during the handshake, so
         // the long-lived session future stays small.
         let authed = Box::pin(authenticate(&gw, &handle, &mut frames)).await;
-        if let Some(identity) = authed {
+        // The identity lives in the handle only (no second copy of its
+        // strings per connection).
+        if let Some(identity) = authed.and_then(|()| handle.identity()) {
             metrics::CONNECTIONS.inc();
             tracing::debug!(conn = conn_id, user = identity.user_id, %peer, "authenticated");
-            serve(&gw, &handle, &identity, &mut frames).await;
+            serve(&gw, &handle, identity, &mut frames).await;
             metrics::CONNECTIONS.dec();
             gw.conns.remove(&conn_id);
             if let Err(e) = gw
@@ -84,8 +116,9 @@ where
     tracing::debug!(conn = conn_id, %peer, "closed");
 }
 
-/// Waits for AUTH; on any failure sends an error frame and returns `None`.
-async fn authenticate<S>(gw: &Gateway, handle: &Arc<ConnHandle>, frames: &mut S) -> Option<Identity>
+/// Waits for AUTH and records the identity in the handle; on any failure
+/// sends an error frame and returns `None`.
+async fn authenticate<S>(gw: &Gateway, handle: &Arc<ConnHandle>, frames: &mut S) -> Option<()>
 where
     S: Stream<Item = Result<Frame, FrameError>> + Unpin + Send,
 {
@@ -154,7 +187,7 @@ where
         },
         session_id: reply.session_id.clone(),
     };
-    handle.set_identity(identity.clone());
+    handle.set_identity(identity);
     let body = AuthResponse {
         user_id: reply.user_id,
         max_seq: reply.max_seq,
@@ -162,7 +195,7 @@ where
         heartbeat_secs: gw.cfg.heartbeat_interval.as_secs() as u32,
     };
     let _ = handle.send(Frame::response(frame.command, frame.seq, body.encode_to_vec()).to_bytes());
-    Some(identity)
+    Some(())
 }
 
 /// The authenticated loop: frames in, replies out in request order.
@@ -423,6 +456,46 @@ mod tests {
         async fn submit(&self, _: UpRequest) -> ReplyFuture {
             im_common::api::ready_reply(UpReply::default())
         }
+    }
+
+    /// Counts how far its reply futures got, to see whether they run unpolled.
+    struct CountingLogic(Arc<std::sync::atomic::AtomicUsize>);
+
+    #[async_trait]
+    impl im_common::api::LogicApi for CountingLogic {
+        async fn auth(&self, _: logic::AuthRequest) -> Result<logic::AuthReply, ApiError> {
+            Err(ApiError::unavailable("test"))
+        }
+        async fn submit(&self, _: UpRequest) -> ReplyFuture {
+            let done = self.0.clone();
+            Box::pin(async move {
+                tokio::task::yield_now().await;
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                UpReply::default()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn detached_replies_finish_without_being_polled() {
+        use im_common::api::LogicApi;
+        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let logic = DetachedReplies(Arc::new(CountingLogic(done.clone())));
+        let reply = logic.submit(UpRequest::default()).await;
+        // Not polled: the work still completes on its own task.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while done.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the reply future ran unpolled");
+        assert_eq!(reply.await, UpReply::default());
+        // Undetached, an unpolled reply future does nothing.
+        let plain = CountingLogic(done.clone());
+        let _unpolled = plain.submit(UpRequest::default()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     /// What an idle connection keeps in its one task, beside the socket and

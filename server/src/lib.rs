@@ -147,7 +147,7 @@ pub async fn start(
     let gw_stop = CancellationToken::new();
     let gw = Gateway::new(
         gw_cfg,
-        svc.clone(),
+        Arc::new(im_gateway::session::DetachedReplies(svc.clone())),
         routes,
         gw_stop.clone(),
         readiness.clone(),

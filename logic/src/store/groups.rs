@@ -331,7 +331,7 @@ impl Store {
 }
 
 async fn insert_members(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tx: &mut sqlx::AnyConnection,
     group: i64,
     rows: &[(i64, i64)],
     now_ms: i64,
@@ -352,7 +352,7 @@ async fn insert_members(
                 .bind(0i64)
                 .bind(now_ms);
         }
-        added += query.execute(&mut **tx).await?.rows_affected();
+        added += query.execute(&mut *tx).await?.rows_affected();
     }
     Ok(added)
 }
