@@ -229,18 +229,7 @@ fn plan_batched_group_push(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use im_common::route::{LiveRoute, Route};
-
-    fn live(gate: &str, conn: u64) -> LiveRoute {
-        LiveRoute {
-            route: Route {
-                device: 2,
-                gate_id: gate.into(),
-                conn_id: conn,
-            },
-            gate_addr: format!("addr-{gate}"),
-        }
-    }
+    use crate::social::c2g::tests::live;
 
     fn out(group_seq: u64, members: Vec<i64>, origin: Option<(&str, u64)>) -> Outgoing {
         Outgoing {

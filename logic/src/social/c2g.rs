@@ -211,11 +211,12 @@ impl LogicService {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use im_common::route::Route;
 
-    fn live(gate: &str, conn: u64) -> LiveRoute {
+    /// A live route of device 2 on gateway `gate` (address `addr-{gate}`).
+    pub(crate) fn live(gate: &str, conn: u64) -> LiveRoute {
         LiveRoute {
             route: Route {
                 device: 2,

@@ -1,12 +1,12 @@
 //! Read diffusion: a large group's message is stored once with one per-group
 //! sequence, and members pull the group by their own cursor. Nothing here
 //! writes per-member rows; the write-diffusion path is `commit_batch`.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use im_proto::client::Message;
 use sqlx::{AnyConnection, Row};
 
-use super::messages::{NewMessage, SeqTable, insert_entries, insert_messages};
+use super::messages::{NewMessage, SeqTable, first_copies, insert_entries, insert_messages};
 use super::{Store, StoreError};
 
 /// The acknowledgement of a read-diffusion message.
@@ -44,18 +44,7 @@ impl Store {
     ) -> Result<Vec<Option<GroupStored>>, StoreError> {
         let mut tx = self.begin_write().await?;
         let mut results: Vec<Option<GroupStored>> = vec![None; items.len()];
-        let mut first: HashMap<(i64, &str), usize> = HashMap::new();
-        let mut follows: Vec<(usize, usize)> = Vec::new();
-        let mut candidates: Vec<usize> = Vec::new();
-        for (i, m) in items.iter().enumerate() {
-            match first.get(&(m.sender, m.client_msg_id.as_str())) {
-                Some(&j) => follows.push((i, j)),
-                None => {
-                    first.insert((m.sender, m.client_msg_id.as_str()), i);
-                    candidates.push(i);
-                }
-            }
-        }
+        let (candidates, follows) = first_copies(items, 0..items.len());
         let new: Vec<&NewMessage> = candidates.iter().map(|&i| &items[i]).collect();
         let inserted = insert_messages(&mut tx, &new, now_ms).await?;
         let mut fresh: Vec<(usize, i64)> = Vec::new();

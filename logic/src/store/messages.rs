@@ -118,32 +118,24 @@ impl Store {
         // 1b. The one-to-one policy, for every checked message at once.
         let refused = self.policy_refusals(&mut *tx, items).await?;
 
-        // 2. One candidate per (sender, client_msg_id); later copies follow the first.
-        let mut first: HashMap<(i64, &str), usize> = HashMap::new();
-        let mut follows: Vec<(usize, usize)> = Vec::new();
-        let mut candidates: Vec<usize> = Vec::new();
+        // 2. Refusals; one candidate per (sender, client_msg_id), later
+        // copies follow the first.
+        let mut eligible = Vec::with_capacity(items.len());
         for (i, m) in items.iter().enumerate() {
             if let Some(r) = m.recipients.iter().find(|r| !known.contains(r)) {
                 results[i] = Some(Err(ApiError::new(
                     ErrorCode::UnknownUser,
                     format!("unknown user {r}"),
                 )));
-                continue;
-            }
-            if let SendPolicy::C2c { .. } = m.policy
+            } else if let SendPolicy::C2c { .. } = m.policy
                 && let Some(text) = refused.get(&(m.sender, m.target))
             {
                 results[i] = Some(Err(ApiError::new(ErrorCode::Forbidden, *text)));
-                continue;
-            }
-            match first.get(&(m.sender, m.client_msg_id.as_str())) {
-                Some(&j) => follows.push((i, j)),
-                None => {
-                    first.insert((m.sender, m.client_msg_id.as_str()), i);
-                    candidates.push(i);
-                }
+            } else {
+                eligible.push(i);
             }
         }
+        let (candidates, follows) = first_copies(items, eligible);
 
         // 3. Insert; a conflict means the message was stored before.
         let fresh: Vec<&NewMessage> = candidates.iter().map(|&i| &items[i]).collect();
@@ -421,6 +413,28 @@ impl Store {
         .await?;
         Ok(page(&rows, limit, false)?)
     }
+}
+
+/// Splits `eligible` item indices into the first copy of each (sender,
+/// client_msg_id) and (later copy, first copy) pairs: a batch stores a
+/// message once however often a client resent it.
+pub(super) fn first_copies(
+    items: &[NewMessage],
+    eligible: impl IntoIterator<Item = usize>,
+) -> (Vec<usize>, Vec<(usize, usize)>) {
+    let mut first: HashMap<(i64, &str), usize> = HashMap::new();
+    let (mut candidates, mut follows) = (Vec::new(), Vec::new());
+    for i in eligible {
+        let m = &items[i];
+        match first.get(&(m.sender, m.client_msg_id.as_str())) {
+            Some(&j) => follows.push((i, j)),
+            None => {
+                first.insert((m.sender, m.client_msg_id.as_str()), i);
+                candidates.push(i);
+            }
+        }
+    }
+    (candidates, follows)
 }
 
 /// Inserts messages (a conflict on (sender, client_msg_id) inserts nothing)
