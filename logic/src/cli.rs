@@ -14,8 +14,10 @@ pub struct LogicArgs {
     /// Database connections in the pool.
     #[arg(long, env = "IM_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
-    /// Parallel group-commit writers (forced to 1 on SQLite).
-    #[arg(long, env = "IM_STORE_SHARDS", default_value_t = 4)]
+    /// Parallel group-commit writers (forced to 1 on SQLite). One writer
+    /// gives the lowest latency; more raise one process's peak throughput
+    /// (see docs/benchmarks.md). Add logic processes to scale out.
+    #[arg(long, env = "IM_STORE_SHARDS", default_value_t = 1)]
     pub store_shards: usize,
     /// Most messages committed in one transaction.
     #[arg(long, env = "IM_STORE_MAX_BATCH", default_value_t = 256)]
