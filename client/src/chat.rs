@@ -166,8 +166,7 @@ impl ChatClient {
             content_type,
             body: body.to_vec(),
         };
-        let resp = self.conn.send_c2g(req).await?;
-        Ok(resp)
+        self.sending(client_msg_id, self.conn.send_c2g(req)).await
     }
 
     /// Sends UTF-8 text to a group with a fresh client message id.
