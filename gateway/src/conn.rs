@@ -21,6 +21,12 @@ pub struct Identity {
     pub session_id: String,
 }
 
+/// Milliseconds on a monotonic clock (since the first call in this process).
+pub fn mono_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
 /// Why a frame could not be queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum QueueError {
@@ -105,6 +111,10 @@ pub struct ConnHandle {
     close: CancellationToken,
     /// The highest ACK forwarded to logic; older or repeated ones are not.
     acked: std::sync::atomic::AtomicU64,
+    /// When a frame last came in or a reply went out ([`mono_ms`]); the
+    /// gateway's idle sweep closes connections silent for too long (one
+    /// sweep instead of a timer per connection).
+    last_active: std::sync::atomic::AtomicU64,
     // A plain mutex: a push, an ack and the retransmit scan each hold it for
     // a few deque operations, never across an await.
     window: Mutex<RetransmitWindow>,
@@ -118,6 +128,7 @@ impl ConnHandle {
             outbox: Outbox::new(queue),
             close: CancellationToken::new(),
             acked: std::sync::atomic::AtomicU64::new(0),
+            last_active: std::sync::atomic::AtomicU64::new(mono_ms()),
             window: Mutex::new(RetransmitWindow::new(retransmit)),
         }
     }
@@ -181,6 +192,17 @@ impl ConnHandle {
             return Err(QueueError::SlowConsumer);
         }
         self.send(frame)
+    }
+
+    /// The connection just did something: it is not idle.
+    pub fn touch(&self) {
+        self.last_active
+            .store(mono_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the connection last did something.
+    pub fn idle_ms(&self) -> u64 {
+        mono_ms().saturating_sub(self.last_active.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Records an ACK of `seq`; true when it is news for logic (higher than

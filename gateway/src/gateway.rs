@@ -195,6 +195,30 @@ impl Gateway {
         }
     }
 
+    /// Closes authenticated connections that sent nothing (not even a
+    /// heartbeat) for the idle timeout; one sweep for all connections.
+    pub async fn run_idle_sweep(self: Arc<Self>) {
+        let tick =
+            (self.cfg.idle_timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let limit = self.cfg.idle_timeout.as_millis() as u64;
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = interval.tick() => {}
+            }
+            for c in self.conns.iter() {
+                if c.identity().is_some() && c.idle_ms() > limit && !c.close_token().is_cancelled()
+                {
+                    tracing::debug!(conn = c.conn_id, "idle timeout");
+                    metrics::IDLE_CLOSED.inc();
+                    c.close();
+                }
+            }
+        }
+    }
+
     /// Keeps this gateway registered; after a lapse (expiry, Redis restart)
     /// records every live session again. Unregisters on shutdown.
     pub async fn run_registration(self: Arc<Self>) {

@@ -102,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let tcp_task = tokio::spawn(tcp::serve(gw.clone(), tcp));
     let registration = tokio::spawn(gw.clone().run_registration());
     tokio::spawn(gw.clone().run_retransmit());
+    tokio::spawn(gw.clone().run_idle_sweep());
     readiness.set(true);
     tracing::info!(tcp = %cli.gateway.tcp_addr, http = %cli.http_addr, grpc = %cli.grpc_addr, advertise = %advertise, "im-gateway ready");
 

@@ -54,6 +54,14 @@ pub static SLOW_CONSUMERS: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("register im_gateway_slow_consumer_disconnects_total")
 });
 
+pub static IDLE_CLOSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "im_gateway_idle_disconnects_total",
+        "Connections closed because they sent nothing (not even a heartbeat) for the idle timeout"
+    )
+    .expect("register im_gateway_idle_disconnects_total")
+});
+
 pub static RETRANSMITS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "im_gateway_push_retransmits_total",
@@ -102,6 +110,7 @@ pub fn init() {
     LazyLock::force(&PUSH_LATENCY);
     LazyLock::force(&KICKED);
     LazyLock::force(&SLOW_CONSUMERS);
+    LazyLock::force(&IDLE_CLOSED);
     LazyLock::force(&PROTOCOL_ERRORS);
     LazyLock::force(&RETRANSMITS);
     LazyLock::force(&RETRANSMIT_GIVEUPS);

@@ -18,7 +18,6 @@ use im_proto::client::{
 use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
 use im_proto::prost::Message as _;
 use im_proto::{Command, Frame, FrameError};
-use tokio::time::Instant;
 
 use crate::conn::{ConnHandle, Identity};
 use crate::gateway::Gateway;
@@ -209,18 +208,13 @@ where
         gw.cfg.rate_burst,
         std::time::Instant::now(),
     );
-    let idle = tokio::time::sleep(gw.cfg.idle_timeout);
-    tokio::pin!(idle);
+    // Idle connections are closed by the gateway's sweep (`run_idle_sweep`).
     loop {
         tokio::select! {
             _ = handle.close_token().cancelled() => break,
-            _ = &mut idle => {
-                tracing::debug!(conn = handle.conn_id, "idle timeout");
-                break;
-            }
             Some((command, seq, reply)) = inflight.next(), if !inflight.is_empty() => {
                 // A connection waiting on its own requests is not idle.
-                idle.as_mut().reset(Instant::now() + gw.cfg.idle_timeout);
+                handle.touch();
                 if handle.send(reply_frame(command, seq, reply)).is_err() {
                     break;
                 }
@@ -235,7 +229,7 @@ where
                     }
                     Some(Ok(f)) => f,
                 };
-                idle.as_mut().reset(Instant::now() + gw.cfg.idle_timeout);
+                handle.touch();
                 metrics::frame("in", frame.command);
                 // Boxed for the same reason: only while a frame is handled.
                 match Box::pin(handle_frame(gw, handle, id, frame, &mut bucket)).await {

@@ -181,6 +181,7 @@ pub async fn start(
     let tcp_task = tokio::spawn(tcp::serve(gw.clone(), tcp));
     let registration = tokio::spawn(gw.clone().run_registration());
     tokio::spawn(gw.clone().run_retransmit());
+    tokio::spawn(gw.clone().run_idle_sweep());
     readiness.set(true);
 
     let done = tokio::spawn(async move {

@@ -253,3 +253,49 @@ async fn sending_too_fast_is_rate_limited_and_counted() -> anyhow::Result<()> {
     a.conn.heartbeat().await?;
     Ok(())
 }
+
+/// A connection that sends nothing for the idle timeout is closed (the
+/// gateway's sweep); one that heartbeats stays and keeps receiving.
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_idle_timeout() -> anyhow::Result<()> {
+    let node = SingleNode::start(&["--idle-timeout-secs", "2", "--heartbeat-secs", "1"]).await?;
+    let api = node.api();
+    let alice = new_user(&api, &unique("alice")).await?;
+    let bob = new_user(&api, &unique("bob")).await?;
+    let ep = node.tcp_endpoint();
+    let silent = ChatClient::connect(&ep, &alice.token, DeviceType::Desktop, None).await?;
+    let lively = ChatClient::connect(&ep, &bob.token, DeviceType::Desktop, None).await?;
+    let started = tokio::time::Instant::now();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let beating = async {
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            lively.conn.heartbeat().await?;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        anyhow::Ok(())
+    };
+    let checking = async {
+        let after = loop {
+            match silent.conn.next_event_timeout(Duration::from_secs(8)).await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(im_client::ClientError::Closed) => break started.elapsed(),
+                Err(e) => anyhow::bail!("expected a close, got {e}"),
+            }
+        };
+        assert!(
+            after >= Duration::from_millis(1500) && after < Duration::from_secs(5),
+            "closed after {after:?}"
+        );
+        // Past the idle timeout, the heartbeating connection still receives.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let a = ChatClient::connect(&ep, &alice.token, DeviceType::Desktop, None).await?;
+        a.send_text(bob.id, "still there?").await?;
+        let got = recv_user(&lively, Duration::from_secs(5)).await?;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(got.len(), 1);
+        anyhow::Ok(())
+    };
+    let (beat, check) = tokio::join!(beating, checking);
+    check?;
+    beat
+}
