@@ -200,6 +200,15 @@ impl Connection {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(seq, tx);
+        // The reader marks the connection closed before it fails the waiting
+        // requests: a request registered after that sees the mark here.
+        if self.closed.load(Ordering::SeqCst) {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&seq);
+            return Err(ClientError::Closed);
+        }
         let mut frame = Frame::request(Command::Heartbeat, seq, body);
         frame.command = cmd;
         self.send_raw(frame.to_bytes()).await?;

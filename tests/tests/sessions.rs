@@ -286,6 +286,12 @@ async fn silent_connections_are_closed_after_the_idle_timeout() -> anyhow::Resul
             after >= Duration::from_millis(1500) && after < Duration::from_secs(5),
             "closed after {after:?}"
         );
+        // A request on the closed connection fails at once, not at its timeout.
+        let r = tokio::time::timeout(Duration::from_secs(2), silent.conn.heartbeat()).await;
+        assert!(
+            matches!(r, Ok(Err(im_client::ClientError::Closed))),
+            "{r:?}"
+        );
         // Past the idle timeout, the heartbeating connection still receives.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let a = ChatClient::connect(&ep, &alice.token, DeviceType::Desktop, None).await?;
