@@ -171,28 +171,35 @@ impl Gateway {
         KickReply { found: true }
     }
 
-    /// Resends unacknowledged pushes when due, until shutdown.
-    pub async fn run_retransmit(self: Arc<Self>) {
-        let tick = (self.cfg.retransmit.ack_timeout / 4).max(Duration::from_millis(20));
+    /// Runs `sweep` every `tick` until shutdown.
+    async fn every(&self, tick: Duration, sweep: impl Fn(&Self)) {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = interval.tick() => {}
+                _ = interval.tick() => sweep(self),
             }
+        }
+    }
+
+    /// Resends unacknowledged pushes when due, until shutdown.
+    pub async fn run_retransmit(self: Arc<Self>) {
+        let tick = (self.cfg.retransmit.ack_timeout / 4).max(Duration::from_millis(20));
+        self.every(tick, |gw| {
             let now = std::time::Instant::now();
-            let ids: Vec<u64> = self.held.iter().map(|e| *e.key()).collect();
+            let ids: Vec<u64> = gw.held.iter().map(|e| *e.key()).collect();
             for id in ids {
-                let still_held = match self.conns.get(&id).map(|h| h.clone()) {
+                let still_held = match gw.conns.get(&id).map(|h| h.clone()) {
                     Some(h) => h.retransmit(now),
                     None => false,
                 };
                 if !still_held {
-                    self.held.remove(&id);
+                    gw.held.remove(&id);
                 }
             }
-        }
+        })
+        .await
     }
 
     /// Closes authenticated connections that sent nothing (not even a
@@ -201,14 +208,8 @@ impl Gateway {
         let tick =
             (self.cfg.idle_timeout / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
         let limit = self.cfg.idle_timeout.as_millis() as u64;
-        let mut interval = tokio::time::interval(tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => break,
-                _ = interval.tick() => {}
-            }
-            for c in self.conns.iter() {
+        self.every(tick, |gw| {
+            for c in gw.conns.iter() {
                 if c.identity().is_some() && c.idle_ms() > limit && !c.close_token().is_cancelled()
                 {
                     tracing::debug!(conn = c.conn_id, "idle timeout");
@@ -216,7 +217,8 @@ impl Gateway {
                     c.close();
                 }
             }
-        }
+        })
+        .await
     }
 
     /// Keeps this gateway registered; after a lapse (expiry, Redis restart)
