@@ -1,13 +1,13 @@
 //! The system under test: start `im-server` (single node) or `im-gateway` ×G +
 //! `im-logic` ×L on a fresh Postgres database and Redis key prefix (cluster),
 //! or describe processes already running. Children are killed on drop.
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use im_client::Endpoint;
+use im_tests::{free_port, unique, wait_http_ok};
 
 /// Single node or cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -140,18 +140,6 @@ pub struct Target {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}_{}_{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
 fn bin_dir(args: &TargetArgs) -> anyhow::Result<PathBuf> {
     if let Some(d) = &args.bin_dir {
         return Ok(d.clone());
@@ -171,23 +159,6 @@ fn bin(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(p)
-}
-
-/// Waits until `url` answers 200.
-pub async fn wait_http_ok(url: &str, within: Duration) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + within;
-    loop {
-        if let Ok(r) = client.get(url).send().await
-            && r.status().is_success()
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("{url} did not become ready within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn parse_env(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -240,8 +211,8 @@ impl Target {
 
     async fn start_single(dir: &Path, extra: &[(String, String)]) -> anyhow::Result<Target> {
         let data = tempfile::Builder::new().prefix("im-bench-").tempdir()?;
-        let tcp = format!("127.0.0.1:{}", free_port()?);
-        let http = format!("127.0.0.1:{}", free_port()?);
+        let tcp = format!("127.0.0.1:{}", free_port());
+        let http = format!("127.0.0.1:{}", free_port());
         let secret = format!("bench-secret-{}", unique("jwt"));
         let args: Vec<String> = vec![
             "--data-dir".into(),
@@ -313,8 +284,8 @@ impl Target {
         };
         let mut grpc_addrs = Vec::new();
         for i in 0..args.logics.max(1) {
-            let http = format!("127.0.0.1:{}", free_port()?);
-            let grpc = format!("127.0.0.1:{}", free_port()?);
+            let http = format!("127.0.0.1:{}", free_port());
+            let grpc = format!("127.0.0.1:{}", free_port());
             let mut env = common.clone();
             env.push(("IM_HTTP_ADDR".into(), http.clone()));
             env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
@@ -330,9 +301,9 @@ impl Target {
         }
         let mut gw_http = Vec::new();
         for i in 0..args.gateways.max(1) {
-            let tcp = format!("127.0.0.1:{}", free_port()?);
-            let http = format!("127.0.0.1:{}", free_port()?);
-            let grpc = format!("127.0.0.1:{}", free_port()?);
+            let tcp = format!("127.0.0.1:{}", free_port());
+            let http = format!("127.0.0.1:{}", free_port());
+            let grpc = format!("127.0.0.1:{}", free_port());
             let mut env = common.clone();
             env.push(("IM_TCP_ADDR".into(), tcp.clone()));
             env.push(("IM_HTTP_ADDR".into(), http.clone()));

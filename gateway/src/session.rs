@@ -517,7 +517,6 @@ mod tests {
         );
         drop(client);
         let size = std::mem::size_of_val(&session);
-        eprintln!("connection task: {size} bytes");
         assert!(size <= 1536, "connection future is {size} bytes");
     }
 }
