@@ -2,12 +2,12 @@
 //! `im-logic` ×L on a fresh Postgres database and Redis key prefix (cluster),
 //! or describe processes already running. Children are killed on drop.
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use im_client::Endpoint;
-use im_tests::{free_port, unique, wait_http_ok};
+use im_tests::{Proc, free_port, unique, wait_http_ok};
 
 /// Single node or cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -69,58 +69,6 @@ pub struct TargetArgs {
     /// `/metrics` URLs of running processes (repeatable).
     #[arg(long = "metrics-url")]
     pub metrics_url: Vec<String>,
-}
-
-/// A child process killed (SIGKILL) when dropped.
-pub struct Proc {
-    pub name: String,
-    child: Child,
-}
-
-impl Proc {
-    pub fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        envs: &[(String, String)],
-    ) -> anyhow::Result<Proc> {
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(server_log())
-            .stderr(server_log());
-        // Benchmarks send far above a person's typing speed, to strangers.
-        cmd.env("IM_RATE_LIMIT", "0").env("IM_C2C_POLICY", "anyone");
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("IM_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-        );
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("failed to start {}", program.display()))?;
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The servers of one run.
@@ -224,7 +172,7 @@ impl Target {
             "--jwt-secret".into(),
             secret.clone(),
         ];
-        let proc = Proc::spawn("im-server", &bin(dir, "im-server")?, &args, extra)?;
+        let proc = Proc::spawn("im-server", bin(dir, "im-server")?, &args, extra)?;
         wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(60)).await?;
         let pid = proc.pid();
         Ok(Target {
@@ -289,7 +237,7 @@ impl Target {
             let mut env = common.clone();
             env.push(("IM_HTTP_ADDR".into(), http.clone()));
             env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
-            let p = Proc::spawn(&format!("logic-{i}"), &bin(dir, "im-logic")?, &[], &env)?;
+            let p = Proc::spawn(&format!("logic-{i}"), bin(dir, "im-logic")?, &[], &env)?;
             t.logic_pids.push(p.pid());
             t.procs.push(p);
             t.api.push(format!("http://{http}"));
@@ -311,7 +259,7 @@ impl Target {
             env.push(("IM_GATE_ID".into(), format!("bench-gw-{i}")));
             env.push(("IM_LOGIC_ADDRS".into(), grpc_addrs.join(",")));
             env.push(("IM_DRAIN_SECS".into(), "1".into()));
-            let p = Proc::spawn(&format!("gateway-{i}"), &bin(dir, "im-gateway")?, &[], &env)?;
+            let p = Proc::spawn(&format!("gateway-{i}"), bin(dir, "im-gateway")?, &[], &env)?;
             t.gateway_pids.push(p.pid());
             t.procs.push(p);
             t.gateway_tcp.push(tcp);
@@ -383,14 +331,5 @@ impl Target {
             out.insert(url.clone(), v);
         }
         serde_json::Value::Object(out)
-    }
-}
-
-/// Server output: shown with `IM_BENCH_SERVER_LOGS` set, dropped otherwise.
-fn server_log() -> Stdio {
-    if std::env::var_os("IM_BENCH_SERVER_LOGS").is_some() {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
     }
 }
