@@ -200,17 +200,6 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    if !errors.is_empty() {
-        out.failures
-            .push(format!("{} errors, first: {}", errors.len(), errors[0]));
-    }
-    if !verdict.ok() {
-        out.failures.push(format!(
-            "exactly-once check failed: lost {}, duplicated {}, unexpected {}, unacknowledged sends {}; e.g. {:?}",
-            verdict.lost, verdict.duplicated, verdict.unexpected, verdict.unacked_sends, verdict.examples
-        ));
-    }
-    out.verdict = Some(verdict);
-    out.timeline = Some(timeline);
+    out.conclude(&errors, verdict, timeline);
     out
 }

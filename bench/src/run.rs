@@ -28,6 +28,23 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Records the run's client errors and exactly-once verdict (each a
+    /// failure when not clean) and its latency timeline.
+    pub fn conclude(&mut self, errors: &[String], verdict: Verdict, timeline: Timeline) {
+        if !errors.is_empty() {
+            self.failures
+                .push(format!("{} errors, first: {}", errors.len(), errors[0]));
+        }
+        if !verdict.ok() {
+            self.failures.push(format!(
+                "exactly-once check failed: lost {}, duplicated {}, unexpected {}, unacknowledged sends {}; e.g. {:?}",
+                verdict.lost, verdict.duplicated, verdict.unexpected, verdict.unacked_sends, verdict.examples
+            ));
+        }
+        self.verdict = Some(verdict);
+        self.timeline = Some(timeline);
+    }
+
     pub fn figure(&mut self, name: &str, v: impl serde::Serialize) {
         self.figures.insert(
             name.to_string(),

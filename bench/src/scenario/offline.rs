@@ -189,18 +189,7 @@ pub async fn sync(target: &mut Target, a: &OfflineArgs) -> anyhow::Result<Outcom
     out.figure("fill_secs", fill_secs);
     per_user.sort_by(f64::total_cmp);
     out.figure("slowest_user_secs", per_user.last().copied().unwrap_or(0.0));
-    if !errors.is_empty() {
-        out.failures
-            .push(format!("{} errors, first: {}", errors.len(), errors[0]));
-    }
-    if !verdict.ok() {
-        out.failures.push(format!(
-            "exactly-once check failed: lost {}, duplicated {}, unexpected {}, unacknowledged sends {}; e.g. {:?}",
-            verdict.lost, verdict.duplicated, verdict.unexpected, verdict.unacked_sends, verdict.examples
-        ));
-    }
-    out.verdict = Some(verdict);
-    out.timeline = Some(timeline);
+    out.conclude(&errors, verdict, timeline);
     out.parameters = json!({
         "users": n, "messages_per_user": a.messages, "page": a.page, "fill_window": a.window,
         "body_size": a.body_size,
