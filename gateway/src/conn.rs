@@ -1,13 +1,14 @@
 //! What the gateway keeps per connection: the bounded outbound queue, the
-//! close signal and the unacknowledged pushes. No IO here.
+//! close flag and the unacknowledged pushes. No IO here.
 use std::collections::VecDeque;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use im_common::route::Route;
-use im_common::shutdown::CancellationToken;
-use tokio::sync::Notify;
 
 use crate::metrics;
 use crate::window::{Due, RetransmitConfig, RetransmitWindow, WindowFull};
@@ -16,7 +17,7 @@ use crate::window::{Due, RetransmitConfig, RetransmitWindow, WindowFull};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user_id: i64,
-    pub route: Route,
+    pub device: i32,
     /// Id of the token the session authenticated with.
     pub session_id: String,
 }
@@ -37,10 +38,11 @@ pub enum QueueError {
 
 /// The outbound queue of one connection: a deque that holds no memory while
 /// empty (an idle connection costs a few dozen bytes here, not a channel
-/// block) and a wake-up for the writer.
+/// block) and the waker of the connection's task, which a queued frame or a
+/// close wakes.
 pub struct Outbox {
     queue: Mutex<Queue>,
-    ready: Notify,
+    waker: AtomicWaker,
     capacity: usize,
 }
 
@@ -56,7 +58,7 @@ impl Outbox {
                 frames: VecDeque::new(),
                 closed: false,
             }),
-            ready: Notify::new(),
+            waker: AtomicWaker::new(),
             capacity: capacity.max(1),
         }
     }
@@ -76,24 +78,21 @@ impl Outbox {
             }
             q.frames.push_back(frame);
         }
-        self.ready.notify_one();
+        self.waker.wake();
         Ok(())
     }
 
-    /// Moves every queued frame into `out` (which the caller has emptied),
-    /// waiting until there is at least one.
-    pub async fn recv_into(&self, out: &mut VecDeque<Bytes>) {
-        loop {
-            {
-                let mut q = self.lock();
-                if !q.frames.is_empty() {
-                    std::mem::swap(&mut q.frames, out);
-                    return;
-                }
-            }
-            // A push between the check and here leaves a permit: no lost wake-up.
-            self.ready.notified().await;
+    /// Moves every queued frame into `out` (which the caller has emptied);
+    /// when there is none, the task is woken by the next one.
+    pub fn poll_take(&self, cx: &mut Context<'_>, out: &mut VecDeque<Bytes>) -> Poll<()> {
+        // Registered before the check: a push after it wakes the task.
+        self.waker.register(cx.waker());
+        let mut q = self.lock();
+        if q.frames.is_empty() {
+            return Poll::Pending;
         }
+        std::mem::swap(&mut q.frames, out);
+        Poll::Ready(())
     }
 
     /// Takes what is queued without waiting, and refuses anything later.
@@ -108,27 +107,29 @@ pub struct ConnHandle {
     pub conn_id: u64,
     identity: OnceLock<Identity>,
     outbox: Outbox,
-    close: CancellationToken,
+    /// Set once (kick, drain, idle, slow consumer, peer gone); wakes the
+    /// connection's task through the outbox's waker.
+    closed: AtomicBool,
     /// The highest ACK forwarded to logic; older or repeated ones are not.
-    acked: std::sync::atomic::AtomicU64,
+    acked: AtomicU64,
     /// When a frame last came in or a reply went out ([`mono_ms`]); the
     /// gateway's idle sweep closes connections silent for too long (one
     /// sweep instead of a timer per connection).
-    last_active: std::sync::atomic::AtomicU64,
+    last_active: AtomicU64,
     // A plain mutex: a push, an ack and the retransmit scan each hold it for
     // a few deque operations, never across an await.
     window: Mutex<RetransmitWindow>,
 }
 
 impl ConnHandle {
-    pub fn new(conn_id: u64, queue: usize, retransmit: RetransmitConfig) -> ConnHandle {
+    pub fn new(conn_id: u64, queue: usize, retransmit: Arc<RetransmitConfig>) -> ConnHandle {
         ConnHandle {
             conn_id,
             identity: OnceLock::new(),
             outbox: Outbox::new(queue),
-            close: CancellationToken::new(),
-            acked: std::sync::atomic::AtomicU64::new(0),
-            last_active: std::sync::atomic::AtomicU64::new(mono_ms()),
+            closed: AtomicBool::new(false),
+            acked: AtomicU64::new(0),
+            last_active: AtomicU64::new(mono_ms()),
             window: Mutex::new(RetransmitWindow::new(retransmit)),
         }
     }
@@ -145,12 +146,35 @@ impl ConnHandle {
         let _ = self.identity.set(id);
     }
 
-    pub fn close_token(&self) -> &CancellationToken {
-        &self.close
+    /// The route table entry of this connection on gateway `gate_id`, once
+    /// authenticated (built when needed: the gateway id is not copied into
+    /// every connection).
+    pub fn route(&self, gate_id: &str) -> Option<(i64, Route)> {
+        self.identity().map(|id| {
+            let route = Route {
+                device: id.device,
+                gate_id: gate_id.to_owned(),
+                conn_id: self.conn_id,
+            };
+            (id.user_id, route)
+        })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the connection is closed; if not, a later close wakes the
+    /// task polling this.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> bool {
+        self.outbox.waker.register(cx.waker());
+        self.is_closed()
     }
 
     pub fn close(&self) {
-        self.close.cancel();
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.outbox.waker.wake();
+        }
     }
 
     /// Queues an encoded frame; a full queue closes the connection.
@@ -158,14 +182,14 @@ impl ConnHandle {
         match self.outbox.push(frame) {
             Ok(()) => Ok(()),
             Err(QueueError::SlowConsumer) => {
-                if !self.close.is_cancelled() {
+                if !self.is_closed() {
                     metrics::SLOW_CONSUMERS.inc();
                     tracing::info!(
                         conn = self.conn_id,
                         "outbound queue full; closing slow consumer"
                     );
                 }
-                self.close.cancel();
+                self.close();
                 Err(QueueError::SlowConsumer)
             }
             Err(QueueError::Closed) => Err(QueueError::Closed),
@@ -181,14 +205,14 @@ impl ConnHandle {
     /// connection like a full queue does.
     pub fn send_push(&self, frame: Bytes, max_seq: u64) -> Result<(), QueueError> {
         if self.window().push(max_seq, frame.clone(), Instant::now()) == Err(WindowFull) {
-            if !self.close.is_cancelled() {
+            if !self.is_closed() {
                 metrics::SLOW_CONSUMERS.inc();
                 tracing::info!(
                     conn = self.conn_id,
                     "too many unacknowledged pushes; closing"
                 );
             }
-            self.close.cancel();
+            self.close();
             return Err(QueueError::SlowConsumer);
         }
         self.send(frame)
@@ -196,21 +220,18 @@ impl ConnHandle {
 
     /// The connection just did something: it is not idle.
     pub fn touch(&self) {
-        self.last_active
-            .store(mono_ms(), std::sync::atomic::Ordering::Relaxed);
+        self.last_active.store(mono_ms(), Ordering::Relaxed);
     }
 
     /// Milliseconds since the connection last did something.
     pub fn idle_ms(&self) -> u64 {
-        mono_ms().saturating_sub(self.last_active.load(std::sync::atomic::Ordering::Relaxed))
+        mono_ms().saturating_sub(self.last_active.load(Ordering::Relaxed))
     }
 
     /// Records an ACK of `seq`; true when it is news for logic (higher than
     /// any ACK this connection forwarded before).
     pub fn ack_advances(&self, seq: u64) -> bool {
-        self.acked
-            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed)
-            < seq
+        self.acked.fetch_max(seq, Ordering::Relaxed) < seq
     }
 
     /// The device has everything up to `seq`: settles held pushes.
@@ -256,14 +277,14 @@ mod tests {
 
     #[test]
     fn full_queue_closes_the_connection() {
-        let h = ConnHandle::new(1, 2, RetransmitConfig::default());
+        let h = ConnHandle::new(1, 2, Arc::default());
         assert!(h.send(Bytes::from_static(b"a")).is_ok());
         assert!(h.send(Bytes::from_static(b"b")).is_ok());
         assert_eq!(
             h.send(Bytes::from_static(b"c")),
             Err(QueueError::SlowConsumer)
         );
-        assert!(h.close_token().is_cancelled());
+        assert!(h.is_closed());
     }
 
     #[test]
@@ -274,7 +295,7 @@ mod tests {
             max_tries: 2,
             capacity: 8,
         };
-        let h = ConnHandle::new(1, 8, cfg);
+        let h = ConnHandle::new(1, 8, Arc::new(cfg));
         h.send_push(Bytes::from_static(b"p1"), 1).unwrap();
         assert_eq!(h.outbox().close_and_take(), [Bytes::from_static(b"p1")]);
         h.outbox().lock().closed = false;
@@ -282,23 +303,23 @@ mod tests {
         assert!(h.retransmit(later));
         assert_eq!(h.outbox().close_and_take(), [Bytes::from_static(b"p1")]);
         h.retransmit(later + std::time::Duration::from_millis(11));
-        assert!(h.close_token().is_cancelled());
+        assert!(h.is_closed());
+    }
+
+    async fn take(h: &ConnHandle) -> VecDeque<Bytes> {
+        let mut out = VecDeque::new();
+        std::future::poll_fn(|cx| h.outbox().poll_take(cx, &mut out)).await;
+        out
     }
 
     #[tokio::test]
     async fn the_writer_wakes_for_frames_queued_before_it_waits() {
-        let h = std::sync::Arc::new(ConnHandle::new(1, 8, RetransmitConfig::default()));
+        let h = Arc::new(ConnHandle::new(1, 8, Arc::default()));
         h.send(Bytes::from_static(b"a")).unwrap();
-        let mut out = VecDeque::new();
-        h.outbox().recv_into(&mut out).await;
-        assert_eq!(out, [Bytes::from_static(b"a")]);
+        assert_eq!(take(&h).await, [Bytes::from_static(b"a")]);
         let writer = {
             let h = h.clone();
-            tokio::spawn(async move {
-                let mut out = VecDeque::new();
-                h.outbox().recv_into(&mut out).await;
-                out
-            })
+            tokio::spawn(async move { take(&h).await })
         };
         tokio::task::yield_now().await;
         h.send(Bytes::from_static(b"b")).unwrap();
@@ -309,9 +330,31 @@ mod tests {
         assert_eq!(h.send(Bytes::from_static(b"d")), Err(QueueError::Closed));
     }
 
+    #[tokio::test]
+    async fn a_close_wakes_the_waiting_task() {
+        let h = Arc::new(ConnHandle::new(1, 8, Arc::default()));
+        let waiter = {
+            let h = h.clone();
+            tokio::spawn(std::future::poll_fn(move |cx| {
+                if h.poll_closed(cx) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }))
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        h.close();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the close woke the task")
+            .unwrap();
+    }
+
     #[test]
     fn only_advancing_acks_are_news() {
-        let h = ConnHandle::new(1, 8, RetransmitConfig::default());
+        let h = ConnHandle::new(1, 8, Arc::default());
         assert!(!h.ack_advances(0));
         assert!(h.ack_advances(5));
         assert!(!h.ack_advances(5));
@@ -321,7 +364,7 @@ mod tests {
 
     #[test]
     fn ack_settles_the_window() {
-        let h = ConnHandle::new(1, 8, RetransmitConfig::default());
+        let h = ConnHandle::new(1, 8, Arc::default());
         h.send_push(Bytes::new(), 3).unwrap();
         h.send_push(Bytes::new(), 5).unwrap();
         h.ack(5);

@@ -74,6 +74,8 @@ pub struct Gateway {
     pub(crate) logic: Arc<dyn LogicApi>,
     pub(crate) routes: Arc<dyn RouteTable>,
     pub(crate) conns: DashMap<u64, Arc<ConnHandle>>,
+    /// `cfg.retransmit`, shared by every connection's window.
+    pub(crate) retransmit: Arc<RetransmitConfig>,
     /// Connections holding unacknowledged pushes (what the retransmit scan visits).
     held: DashMap<u64, ()>,
     next_conn: AtomicU64,
@@ -96,6 +98,7 @@ impl Gateway {
         metrics::init();
         Arc::new(Gateway {
             conn_limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            retransmit: Arc::new(cfg.retransmit),
             cfg,
             logic,
             routes,
@@ -210,8 +213,7 @@ impl Gateway {
         let limit = self.cfg.idle_timeout.as_millis() as u64;
         self.every(tick, |gw| {
             for c in gw.conns.iter() {
-                if c.identity().is_some() && c.idle_ms() > limit && !c.close_token().is_cancelled()
-                {
+                if c.identity().is_some() && c.idle_ms() > limit && !c.is_closed() {
                     tracing::debug!(conn = c.conn_id, "idle timeout");
                     metrics::IDLE_CLOSED.inc();
                     c.close();
@@ -258,7 +260,7 @@ impl Gateway {
         let routes: Vec<_> = self
             .conns
             .iter()
-            .filter_map(|h| h.identity().map(|id| (id.user_id, id.route.clone())))
+            .filter_map(|h| h.route(&self.cfg.gate_id))
             .collect();
         tracing::info!(
             sessions = routes.len(),

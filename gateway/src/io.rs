@@ -3,7 +3,8 @@
 //! whole life; with 100,000 mostly idle connections that is most of the
 //! gateway's memory. Here the read buffer exists only while bytes are
 //! pending, and the writer queues the already encoded frames (no copy) and
-//! hands them to one vectored write.
+//! hands them to one vectored write. One value reads and writes (no split
+//! halves sharing the socket through another allocation).
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -21,26 +22,31 @@ const READ_CHUNK: usize = 4096;
 /// Frames handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// Decoded frames from `R`.
-pub struct FrameReader<R> {
-    inner: R,
+/// Decoded frames from `T` (a [`Stream`]) and encoded frames into it (a
+/// [`Sink`]).
+pub struct FrameIo<T> {
+    inner: T,
     codec: FrameCodec,
+    /// Bytes read and not yet decoded; no capacity while none are pending.
     buf: BytesMut,
     eof: bool,
+    /// Frames accepted and not yet written.
+    queue: VecDeque<Bytes>,
 }
 
-impl<R> FrameReader<R> {
-    pub fn new(inner: R, codec: FrameCodec) -> Self {
-        FrameReader {
+impl<T> FrameIo<T> {
+    pub fn new(inner: T, codec: FrameCodec) -> Self {
+        FrameIo {
             inner,
             codec,
             buf: BytesMut::new(),
             eof: false,
+            queue: VecDeque::new(),
         }
     }
 }
 
-impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
+impl<T: AsyncRead + Unpin> Stream for FrameIo<T> {
     type Item = Result<Frame, FrameError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -77,22 +83,7 @@ impl<R: AsyncRead + Unpin> Stream for FrameReader<R> {
     }
 }
 
-/// A sink of encoded frames into `W`.
-pub struct FrameWriter<W> {
-    inner: W,
-    queue: VecDeque<Bytes>,
-}
-
-impl<W> FrameWriter<W> {
-    pub fn new(inner: W) -> Self {
-        FrameWriter {
-            inner,
-            queue: VecDeque::new(),
-        }
-    }
-}
-
-impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+impl<T: AsyncWrite + Unpin> FrameIo<T> {
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.queue.is_empty() {
             let n = {
@@ -124,7 +115,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> Sink<Bytes> for FrameWriter<W> {
+impl<T: AsyncWrite + Unpin> Sink<Bytes> for FrameIo<T> {
     type Error = String;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
@@ -172,11 +163,8 @@ mod tests {
     async fn frames_round_trip_in_order_through_small_pipes() {
         // A 7-byte pipe splits frames and vectored writes at odd places.
         let (a, b) = tokio::io::duplex(7);
-        let (ra, wa) = tokio::io::split(a);
-        let (rb, wb) = tokio::io::split(b);
-        drop((ra, wb));
-        let mut writer = FrameWriter::new(wa);
-        let mut reader = FrameReader::new(rb, FrameCodec::new(1 << 20));
+        let mut writer = FrameIo::new(a, FrameCodec::new(1 << 20));
+        let mut reader = FrameIo::new(b, FrameCodec::new(1 << 20));
         let bodies: Vec<Vec<u8>> = (0..200u32)
             .map(|i| vec![i as u8; (i as usize * 37) % 5000])
             .collect();
@@ -201,7 +189,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_reader_holds_no_buffer_and_a_cut_frame_is_an_error() {
         let (mut a, b) = tokio::io::duplex(64);
-        let mut reader = FrameReader::new(b, FrameCodec::new(1024));
+        let mut reader = FrameIo::new(b, FrameCodec::new(1024));
         tokio::io::AsyncWriteExt::write_all(&mut a, &frame(1, b"hi"))
             .await
             .unwrap();

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use im_proto::FrameCodec;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::gateway::Gateway;
-use crate::io::{FrameReader, FrameWriter};
+use crate::io::FrameIo;
 use crate::session;
 
 pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
@@ -31,13 +32,18 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener) {
             _ = gw.shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw = gw.clone();
-        tokio::spawn(async move {
-            let codec = FrameCodec::new(gw.cfg.max_body);
-            let (r, w) = stream.into_split();
-            let frames = FrameReader::new(r, codec);
-            session::run(gw, frames, FrameWriter::new(w), peer.to_string()).await;
-            drop(permit);
-        });
+        tokio::spawn(connection(gw.clone(), stream, peer.to_string(), permit));
     }
+}
+
+/// The task of one accepted connection (what an idle connection costs,
+/// besides its handle and socket: see `connection_tasks_stay_small`).
+pub(crate) fn connection(
+    gw: Arc<Gateway>,
+    stream: TcpStream,
+    peer: String,
+    permit: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    let io = FrameIo::new(stream, FrameCodec::new(gw.cfg.max_body));
+    session::run(gw, io, peer, permit)
 }

@@ -2,6 +2,7 @@
 //! for the device's acknowledgement, when each is due again, when to give up.
 //! No IO and no clock of its own: callers pass `now`.
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -53,13 +54,14 @@ pub struct WindowFull;
 
 #[derive(Debug)]
 pub struct RetransmitWindow {
-    cfg: RetransmitConfig,
+    /// Shared by every connection of the gateway (not copied into each).
+    cfg: Arc<RetransmitConfig>,
     entries: VecDeque<Entry>,
     acked: u64,
 }
 
 impl RetransmitWindow {
-    pub fn new(cfg: RetransmitConfig) -> Self {
+    pub fn new(cfg: Arc<RetransmitConfig>) -> Self {
         RetransmitWindow {
             cfg,
             entries: VecDeque::new(),
@@ -143,13 +145,13 @@ impl RetransmitWindow {
 mod tests {
     use super::*;
 
-    fn cfg() -> RetransmitConfig {
-        RetransmitConfig {
+    fn cfg() -> Arc<RetransmitConfig> {
+        Arc::new(RetransmitConfig {
             ack_timeout: Duration::from_secs(1),
             max_backoff: Duration::from_secs(3),
             max_tries: 3,
             capacity: 3,
-        }
+        })
     }
 
     fn f(n: u8) -> Bytes {

@@ -1,5 +1,7 @@
 //! WebSocket transport: one binary message carries exactly one frame.
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -8,8 +10,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt, future};
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use im_proto::{Frame, FrameError, HEADER_LEN};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::gateway::Gateway;
 use crate::session;
@@ -30,29 +33,72 @@ async fn upgrade(
     let max = gw.cfg.max_body;
     ws.max_message_size(HEADER_LEN + max)
         .max_frame_size(HEADER_LEN + max)
-        .on_upgrade(move |socket| async move {
-            run(gw, socket, peer.to_string()).await;
-            drop(permit);
-        })
+        .on_upgrade(move |socket| run(gw, socket, peer.to_string(), permit))
 }
 
-async fn run(gw: Arc<Gateway>, socket: WebSocket, peer: String) {
-    let max = gw.cfg.max_body;
-    let (sink, stream) = socket.split();
-    let frames = stream
-        .take_while(|m| future::ready(!matches!(m, Ok(Message::Close(_)))))
-        .filter_map(move |m| {
-            future::ready(match m {
-                Ok(Message::Binary(b)) => Some(Frame::decode_exact(&b, max)),
-                Ok(Message::Text(_)) => Some(Err(FrameError::Io(
+async fn run(gw: Arc<Gateway>, socket: WebSocket, peer: String, permit: OwnedSemaphorePermit) {
+    let io = WsFrames {
+        ws: socket,
+        max_body: gw.cfg.max_body,
+    };
+    session::run(gw, io, peer, permit).await;
+}
+
+/// A WebSocket as frames: each binary message is one frame, each frame goes
+/// out as one binary message; text is refused, a close message ends it.
+struct WsFrames {
+    ws: WebSocket,
+    max_body: usize,
+}
+
+impl Stream for WsFrames {
+    type Item = Result<Frame, FrameError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            return Poll::Ready(match ready!(this.ws.poll_next_unpin(cx)) {
+                None | Some(Ok(Message::Close(_))) => None,
+                Some(Ok(Message::Binary(b))) => Some(Frame::decode_exact(&b, this.max_body)),
+                Some(Ok(Message::Text(_))) => Some(Err(FrameError::Io(
                     "text messages are not frames; send binary".into(),
                 ))),
-                Ok(_) => None,
-                Err(e) => Some(Err(FrameError::Io(e.to_string()))),
-            })
-        });
-    let sink = sink
-        .with(|b: Bytes| future::ready(Ok::<_, axum::Error>(Message::Binary(b))))
-        .sink_map_err(|e| e.to_string());
-    session::run(gw, Box::pin(frames), Box::pin(sink), peer).await;
+                // Pings and pongs: the WebSocket layer answers them.
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => Some(Err(FrameError::Io(e.to_string()))),
+            });
+        }
+    }
+}
+
+impl Sink<Bytes> for WsFrames {
+    type Error = String;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.get_mut()
+            .ws
+            .poll_ready_unpin(cx)
+            .map_err(|e| e.to_string())
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> Result<(), String> {
+        self.get_mut()
+            .ws
+            .start_send_unpin(Message::Binary(frame))
+            .map_err(|e| e.to_string())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.get_mut()
+            .ws
+            .poll_flush_unpin(cx)
+            .map_err(|e| e.to_string())
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        self.get_mut()
+            .ws
+            .poll_close_unpin(cx)
+            .map_err(|e| e.to_string())
+    }
 }
