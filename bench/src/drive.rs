@@ -54,39 +54,39 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
     let mut cpu = CpuSampler::new(target.cpu_groups());
     cpu.start();
     let send_start_ms = shared.ms();
-    let start = tokio::time::Instant::now();
     let mut senders = Vec::new();
-    for (s, &(ci, dest)) in spec.senders.iter().enumerate() {
-        let client = clients[ci].clone();
-        let (log, sh) = (logs[s].clone(), shared.clone());
-        senders.push(match spec.pace {
-            Pace::Closed { .. } => tokio::spawn(flow::closed_sender(
-                client,
-                s as u32,
-                dest,
-                spec.fanout,
-                spec.body_size,
-                log,
-                sh,
-            )),
-            Pace::Open { rate } => {
-                let n = spec.senders.len() as f64;
-                let period = Duration::from_secs_f64(n / rate);
-                let offset = Duration::from_secs_f64(s as f64 / rate);
-                tokio::spawn(flow::open_sender(
-                    client,
+    match spec.pace {
+        Pace::Closed { .. } => {
+            for (s, &(ci, dest)) in spec.senders.iter().enumerate() {
+                senders.push(tokio::spawn(flow::closed_sender(
+                    clients[ci].clone(),
                     s as u32,
                     dest,
-                    start,
-                    offset,
-                    period,
-                    spec.duration,
+                    spec.fanout,
                     spec.body_size,
-                    log,
-                    sh,
-                ))
+                    logs[s].clone(),
+                    shared.clone(),
+                )));
             }
-        });
+        }
+        Pace::Open { rate } => {
+            let open = spec
+                .senders
+                .iter()
+                .enumerate()
+                .map(|(s, &(ci, dest))| flow::OpenSender {
+                    client: clients[ci].clone(),
+                    s: s as u32,
+                    dest,
+                    log: logs[s].clone(),
+                })
+                .collect();
+            let (rt, sh) = (tokio::runtime::Handle::current(), shared.clone());
+            let (until, body_size) = (spec.duration, spec.body_size);
+            senders.push(tokio::task::spawn_blocking(move || {
+                flow::pace_open(rt, open, rate, until, body_size, sh)
+            }));
+        }
     }
     let pb = spinner("sending");
     let t0 = Instant::now();
@@ -191,6 +191,13 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         shared.retryable_errors.load(Ordering::Relaxed),
     );
     out.figure("latency", timeline.summary());
+    if let Some((p50, p99)) = *shared
+        .pacer_late_us
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        out.figure("pacer_late_us", serde_json::json!({"p50": p50, "p99": p99}));
+    }
     if !drained {
         out.failures
             .push("not everything was acknowledged and delivered within 30 s of the end".into());

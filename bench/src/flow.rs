@@ -36,6 +36,9 @@ pub struct Shared {
     /// Per sender: deliveries it may still start (closed loop).
     pub credits: Vec<Semaphore>,
     pub warmup_secs: usize,
+    /// How late the open-loop pacer sent, p50 and p99 in microseconds
+    /// (already part of the latency, which counts from the schedule).
+    pub pacer_late_us: Mutex<Option<(u64, u64)>>,
 }
 
 impl Shared {
@@ -56,6 +59,7 @@ impl Shared {
                 .map(|_| Semaphore::new(initial_credits))
                 .collect(),
             warmup_secs,
+            pacer_late_us: Mutex::new(None),
         })
     }
 
@@ -230,44 +234,61 @@ async fn send_and_log(
     }
 }
 
-/// An open-loop sender: message k is due at `start + offset + k * period`
-/// and is sent then (or at once when late); its body carries the due time,
-/// so latency counts from the schedule (no coordinated omission).
-#[allow(clippy::too_many_arguments)]
-pub async fn open_sender(
-    client: Arc<ChatClient>,
-    s: u32,
-    dest: Dest,
-    start: tokio::time::Instant,
-    offset: Duration,
-    period: Duration,
+/// One open-loop sender of the schedule: its client, index, destination, log.
+pub struct OpenSender {
+    pub client: Arc<ChatClient>,
+    pub s: u32,
+    pub dest: Dest,
+    pub log: Arc<Mutex<SenderLog>>,
+}
+
+/// The open-loop schedule: message i (of all senders together) is due at
+/// `start + i / rate` and goes to sender `i % senders`; its body carries the
+/// due time, so latency counts from the schedule (no coordinated omission).
+///
+/// Paced by one OS thread sleeping to each due time (tens of microseconds
+/// late), not by tokio timers: those fire on millisecond ticks, so every
+/// send would leave up to a millisecond late and that lateness, which is the
+/// load generator's and not the server's, would count as latency. The sends
+/// themselves run on the runtime (`rt`).
+pub fn pace_open(
+    rt: tokio::runtime::Handle,
+    senders: Vec<OpenSender>,
+    rate: f64,
     until: Duration,
     body_size: usize,
-    log: Arc<Mutex<SenderLog>>,
     shared: Arc<Shared>,
 ) {
-    let epoch = tokio::time::Instant::from_std(shared.epoch);
-    let mut k: u32 = 0;
-    loop {
-        let due = start + offset + period * k;
+    let start = Instant::now();
+    let mut late = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+    for i in 0u64.. {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
         if due >= start + until || shared.stop_sending.load(Ordering::Relaxed) {
-            return;
+            break;
         }
-        tokio::time::sleep_until(due).await;
-        let n = log.lock().unwrap_or_else(|p| p.into_inner()).issue();
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let _ = late.record(due.elapsed().as_micros() as u64);
+        let sender = &senders[(i % senders.len() as u64) as usize];
+        let n = sender.log.lock().unwrap_or_else(|p| p.into_inner()).issue();
         shared.issued.fetch_add(1, Ordering::Relaxed);
-        let body = body((due - epoch).as_nanos() as u64, body_size);
-        tokio::spawn(send_and_log(
-            client.clone(),
-            s,
+        let body = body((due - shared.epoch).as_nanos() as u64, body_size);
+        rt.spawn(send_and_log(
+            sender.client.clone(),
+            sender.s,
             n,
-            dest,
+            sender.dest,
             body,
-            log.clone(),
+            sender.log.clone(),
             shared.clone(),
         ));
-        k += 1;
     }
+    *shared
+        .pacer_late_us
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) =
+        Some((late.value_at_quantile(0.5), late.value_at_quantile(0.99)));
 }
 
 /// Waits until every send is answered and every delivery arrived, or `within` passed.
