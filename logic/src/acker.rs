@@ -5,8 +5,8 @@ use tokio::sync::mpsc;
 
 use crate::metrics;
 use crate::pusher::Pusher;
-use crate::store::Store;
 use crate::store::receipts::DeviceAck;
+use crate::store::{Store, WriterConn};
 
 #[derive(Clone)]
 pub struct Acker {
@@ -26,6 +26,7 @@ impl Acker {
         let (tx, mut rx) = mpsc::channel::<DeviceAck>(16 * 1024);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
+            let mut conn = WriterConn::default();
             while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
                 if batch.len() < MAX_BATCH {
                     tokio::time::sleep(LINGER).await;
@@ -35,7 +36,9 @@ impl Acker {
                         batch.push(a);
                     }
                 }
-                let result = store.commit_acks(&batch, im_proto::now_ms()).await;
+                let result = store
+                    .commit_acks_on(&mut conn, &batch, im_proto::now_ms())
+                    .await;
                 batch.clear();
                 match result {
                     Ok(deliveries) => {

@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics;
 use crate::pusher::{Origin, Outgoing, Pusher};
-use crate::store::{NewMessage, SendResult, Store};
+use crate::store::{NewMessage, SendResult, Store, WriterConn};
 
 struct Job {
     msg: NewMessage,
@@ -68,11 +68,15 @@ impl Committer {
 
 async fn run_shard(mut rx: mpsc::Receiver<Job>, store: Store, pusher: Pusher, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
+    let mut conn = WriterConn::default();
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let (items, tails): (Vec<NewMessage>, Vec<_>) =
             jobs.drain(..).map(|j| (j.msg, (j.origin, j.reply))).unzip();
         let started = Instant::now();
-        match store.commit_batch(&items, im_proto::now_ms()).await {
+        match store
+            .commit_batch_on(&mut conn, &items, im_proto::now_ms())
+            .await
+        {
             Ok(outcome) => {
                 metrics::STORE_LATENCY.observe(started.elapsed().as_secs_f64());
                 metrics::STORE_BATCH.observe(items.len() as f64);

@@ -9,7 +9,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use super::sql::{self, MAX_ROWS_PER_INSERT};
-use super::{Store, StoreError};
+use super::{Store, StoreError, WriterConn};
 
 /// A pull page stops growing once its bodies pass this many bytes.
 pub const MAX_PULL_BYTES: usize = 1024 * 1024;
@@ -88,10 +88,28 @@ impl Store {
         items: &[NewMessage],
         now_ms: u64,
     ) -> Result<BatchOutcome, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let outcome = self.commit_batch_in(&mut tx, items, now_ms).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        self.commit_batch_on(&mut WriterConn::default(), items, now_ms)
+            .await
+    }
+
+    /// [`Self::commit_batch`] on a writer's kept connection.
+    pub async fn commit_batch_on(
+        &self,
+        held: &mut WriterConn,
+        items: &[NewMessage],
+        now_ms: u64,
+    ) -> Result<BatchOutcome, StoreError> {
+        let result = async {
+            let mut tx = self.begin_write_on(held).await?;
+            let outcome = self.commit_batch_in(&mut tx, items, now_ms).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        }
+        .await;
+        if result.is_err() {
+            held.discard();
+        }
+        result
     }
 
     /// [`Self::commit_batch`] inside a caller's transaction (receipts are

@@ -51,12 +51,29 @@ pub struct Store {
 
 /// A write transaction; on SQLite it also holds the process's writer turn.
 /// Derefs to the connection, like a transaction does.
-pub struct WriteTx {
-    tx: sqlx::Transaction<'static, Any>,
+pub struct WriteTx<'c> {
+    tx: sqlx::Transaction<'c, Any>,
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-impl WriteTx {
+/// The connection a writer loop (committer, acker) keeps between its
+/// transactions. A connection taken from the pool is pinged first, which is
+/// one more round trip before every transaction; a kept one is not. After a
+/// failed transaction it is closed, and the next transaction takes a fresh
+/// one (pinged).
+#[derive(Default)]
+pub struct WriterConn(Option<sqlx::pool::PoolConnection<Any>>);
+
+impl WriterConn {
+    /// Closes the kept connection (after an error it may be broken).
+    pub fn discard(&mut self) {
+        if let Some(mut conn) = self.0.take() {
+            conn.close_on_drop();
+        }
+    }
+}
+
+impl WriteTx<'_> {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
         self.tx.commit().await
     }
@@ -66,7 +83,7 @@ impl WriteTx {
     }
 }
 
-impl std::ops::Deref for WriteTx {
+impl std::ops::Deref for WriteTx<'_> {
     type Target = sqlx::AnyConnection;
 
     fn deref(&self) -> &Self::Target {
@@ -74,7 +91,7 @@ impl std::ops::Deref for WriteTx {
     }
 }
 
-impl std::ops::DerefMut for WriteTx {
+impl std::ops::DerefMut for WriteTx<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.tx
     }
@@ -125,7 +142,7 @@ impl Store {
     /// lock up front (`BEGIN IMMEDIATE`): a deferred transaction that reads
     /// first and then writes fails with SQLITE_BUSY instead of waiting when
     /// another writer (the committer beside the acker, say) got there first.
-    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+    pub async fn begin_write(&self) -> Result<WriteTx<'static>, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => {
                 let turn = self.writer.clone().lock_owned().await;
@@ -139,6 +156,27 @@ impl Store {
                 _turn: None,
             }),
         }
+    }
+
+    /// [`Self::begin_write`] on the writer's kept connection (taken from
+    /// the pool when it has none).
+    pub async fn begin_write_on<'c>(
+        &self,
+        held: &'c mut WriterConn,
+    ) -> Result<WriteTx<'c>, sqlx::Error> {
+        let turn = match self.backend {
+            Backend::Sqlite => Some(self.writer.clone().lock_owned().await),
+            Backend::Postgres => None,
+        };
+        let conn = match &mut held.0 {
+            Some(conn) => conn,
+            empty => empty.insert(self.pool.acquire().await?),
+        };
+        let tx = match self.backend {
+            Backend::Sqlite => sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await?,
+            Backend::Postgres => sqlx::Connection::begin(&mut **conn).await?,
+        };
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     pub fn backend(&self) -> Backend {

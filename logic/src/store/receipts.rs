@@ -8,7 +8,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::messages::{Delivery, NewMessage};
 use super::sql::{self, MAX_ROWS_PER_INSERT};
-use super::{Store, StoreError};
+use super::{Store, StoreError, WriterConn};
 
 /// A device's cumulative acknowledgement: it holds everything up to `seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,11 +35,29 @@ impl Store {
         acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let receipts = self.apply_acks(&mut tx, acks, now_ms).await?;
-        let outcome = self.commit_batch_in(&mut tx, &receipts, now_ms).await?;
-        tx.commit().await?;
-        Ok(outcome.deliveries)
+        self.commit_acks_on(&mut WriterConn::default(), acks, now_ms)
+            .await
+    }
+
+    /// [`Self::commit_acks`] on a writer's kept connection.
+    pub async fn commit_acks_on(
+        &self,
+        held: &mut WriterConn,
+        acks: &[DeviceAck],
+        now_ms: u64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let result = async {
+            let mut tx = self.begin_write_on(held).await?;
+            let receipts = self.apply_acks(&mut tx, acks, now_ms).await?;
+            let outcome = self.commit_batch_in(&mut tx, &receipts, now_ms).await?;
+            tx.commit().await?;
+            Ok(outcome.deliveries)
+        }
+        .await;
+        if result.is_err() {
+            held.discard();
+        }
+        result
     }
 
     /// Every acknowledgement of a batch in a fixed number of statements (per
