@@ -169,7 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .map(|t| t.points())
             .unwrap_or_default(),
     };
-    drop(target);
+    target.stop().await;
     println!("{name} ({:?} mode)", report.mode);
     println!("  parameters: {}", report.parameters);
     for (k, v) in &report.figures {

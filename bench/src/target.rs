@@ -120,6 +120,20 @@ fn parse_env(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 impl Target {
+    /// Stops the processes this run started and drops the database it
+    /// created: left behind, a run's tables are vacuumed and analysed by
+    /// Postgres during the next run, on the same two cores.
+    pub async fn stop(mut self) {
+        self.procs.clear();
+        if self.started && self.mode == Mode::Cluster {
+            use sqlx::migrate::MigrateDatabase;
+            sqlx::any::install_default_drivers();
+            if let Err(e) = sqlx::Any::force_drop_database(&self.database_url).await {
+                eprintln!("could not drop the run's database: {e}");
+            }
+        }
+    }
+
     /// Starts the servers (or describes running ones when `--gateway` is given).
     pub async fn start(args: &TargetArgs) -> anyhow::Result<Target> {
         if !args.gateway.is_empty() {

@@ -99,17 +99,10 @@ impl Store {
         items: &[NewMessage],
         now_ms: u64,
     ) -> Result<BatchOutcome, StoreError> {
-        let result = async {
-            let mut tx = self.begin_write_on(held).await?;
-            let outcome = self.commit_batch_in(&mut tx, items, now_ms).await?;
-            tx.commit().await?;
-            Ok(outcome)
-        }
-        .await;
-        if result.is_err() {
-            held.discard();
-        }
-        result
+        self.write_on(held, async |tx| {
+            self.commit_batch_in(tx, items, now_ms).await
+        })
+        .await
     }
 
     /// [`Self::commit_batch`] inside a caller's transaction (receipts are

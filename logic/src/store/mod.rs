@@ -179,6 +179,26 @@ impl Store {
         Ok(WriteTx { tx, _turn: turn })
     }
 
+    /// Runs `work` in a write transaction on the writer's kept connection
+    /// and commits; a failure closes the connection (it may be broken).
+    pub(crate) async fn write_on<T>(
+        &self,
+        held: &mut WriterConn,
+        work: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = async {
+            let mut tx = self.begin_write_on(held).await?;
+            let out = work(&mut tx).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        .await;
+        if result.is_err() {
+            held.discard();
+        }
+        result
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

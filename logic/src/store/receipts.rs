@@ -46,18 +46,12 @@ impl Store {
         acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let result = async {
-            let mut tx = self.begin_write_on(held).await?;
-            let receipts = self.apply_acks(&mut tx, acks, now_ms).await?;
-            let outcome = self.commit_batch_in(&mut tx, &receipts, now_ms).await?;
-            tx.commit().await?;
+        self.write_on(held, async |tx| {
+            let receipts = self.apply_acks(tx, acks, now_ms).await?;
+            let outcome = self.commit_batch_in(tx, &receipts, now_ms).await?;
             Ok(outcome.deliveries)
-        }
-        .await;
-        if result.is_err() {
-            held.discard();
-        }
-        result
+        })
+        .await
     }
 
     /// Every acknowledgement of a batch in a fixed number of statements (per
