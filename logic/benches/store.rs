@@ -1,11 +1,14 @@
 //! The sequence/inbox path: `Store::commit_batch` on SQLite in a temp dir
-//! (WAL, synchronous=FULL, as im-server runs it) with batches of 1 and 64
-//! one-to-one messages between 64 users.
+//! (WAL, synchronous=FULL, as im-server runs it) and on Postgres (a fresh
+//! database on `IM_BENCH_PG_BASE`, default the local server, dropped at the
+//! end; skipped when it does not answer), with batches of one-to-one
+//! messages between 64 users. On Postgres the batches run on one kept
+//! connection, as the committer runs them.
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use im_logic::store::{NewMessage, SendPolicy, Store};
+use im_logic::store::{NewMessage, SendPolicy, Store, WriterConn};
 use im_proto::client::ConversationType;
 
 const USERS: usize = 64;
@@ -30,6 +33,45 @@ fn batch(users: &[i64], size: usize, next: &AtomicU64) -> Vec<NewMessage> {
         .collect()
 }
 
+async fn with_users(url: &str) -> Result<(Store, Vec<i64>), im_logic::store::StoreError> {
+    let store = Store::connect(url, 4).await?;
+    store.migrate().await?;
+    let mut users = Vec::new();
+    for i in 0..USERS {
+        users.push(store.create_user(&format!("u{i}"), "not-a-hash", 0).await?);
+    }
+    Ok((store, users))
+}
+
+fn commit_batches(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    (store, users): &(Store, Vec<i64>),
+    sizes: &[usize],
+) {
+    // Dropped last: the kept connection goes back to the pool on the runtime.
+    let _rt = rt.enter();
+    let next = AtomicU64::new(0);
+    let held = std::cell::RefCell::new(WriterConn::default());
+    let mut g = c.benchmark_group(name);
+    for &size in sizes {
+        g.throughput(Throughput::Elements(size as u64));
+        g.bench_function(format!("batch_{size}"), |b| {
+            b.iter_batched(
+                || batch(users, size, &next),
+                |items| {
+                    let mut held = held.borrow_mut();
+                    rt.block_on(store.commit_batch_on(&mut held, &items, im_proto::now_ms()))
+                        .expect("commit")
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 fn store(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -41,36 +83,23 @@ fn store(c: &mut Criterion) {
         "sqlite://{}?mode=rwc",
         dir.path().join("bench.db").display()
     );
-    let (store, users) = rt.block_on(async {
-        let store = Store::connect(&url, 4).await.expect("open sqlite");
-        store.migrate().await.expect("migrate");
-        let mut users = Vec::new();
-        for i in 0..USERS {
-            users.push(
-                store
-                    .create_user(&format!("u{i}"), "not-a-hash", 0)
-                    .await
-                    .expect("create user"),
-            );
+    let sqlite = rt.block_on(with_users(&url)).expect("open sqlite");
+    commit_batches(c, &rt, "store_commit_batch_sqlite", &sqlite, &[1, 64]);
+
+    let base = std::env::var("IM_BENCH_PG_BASE")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let url = format!("{base}/im_cbench_{}", std::process::id());
+    match rt.block_on(with_users(&url)) {
+        Ok(pg) => {
+            commit_batches(c, &rt, "store_commit_batch_postgres", &pg, &[1, 16, 64]);
+            rt.block_on(async { drop(pg) });
+            use sqlx::migrate::MigrateDatabase;
+            if let Err(e) = rt.block_on(sqlx::Any::force_drop_database(&url)) {
+                eprintln!("could not drop {url}: {e}");
+            }
         }
-        (store, users)
-    });
-    let next = AtomicU64::new(0);
-    let mut g = c.benchmark_group("store_commit_batch_sqlite");
-    for size in [1usize, 64] {
-        g.throughput(Throughput::Elements(size as u64));
-        g.bench_function(format!("batch_{size}"), |b| {
-            b.iter_batched(
-                || batch(&users, size, &next),
-                |items| {
-                    rt.block_on(store.commit_batch(&items, im_proto::now_ms()))
-                        .expect("commit")
-                },
-                BatchSize::SmallInput,
-            )
-        });
+        Err(e) => eprintln!("skipping the Postgres benchmarks ({base}): {e}"),
     }
-    g.finish();
 }
 
 criterion_group! {

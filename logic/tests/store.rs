@@ -133,6 +133,56 @@ async fn store_semantics_postgres() {
     exercise(&store).await;
 }
 
+/// A batch that holds a retransmit of a stored message beside new ones: the
+/// retransmit gets its original acknowledgement, the new ones dense
+/// sequences after everything before (on Postgres this is the path where
+/// the one-statement insert finds a conflict and allocates nothing).
+async fn retransmit_among_new(store: &Store) {
+    let a = store.create_user("carol", "h", 0).await.unwrap();
+    let b = store.create_user("dave", "h", 0).await.unwrap();
+    let first = store
+        .commit_batch(&[msg(a, b, "x1"), msg(a, b, "x2")], 10)
+        .await
+        .unwrap();
+    let x2 = *first.results[1].as_ref().unwrap();
+    assert_eq!(x2.sender_seq, 2);
+    let out = store
+        .commit_batch(&[msg(a, b, "x3"), msg(a, b, "x2"), msg(a, b, "x4")], 20)
+        .await
+        .unwrap();
+    let r: Vec<_> = out.results.iter().map(|r| r.as_ref().unwrap()).collect();
+    assert!(!r[0].duplicate && r[1].duplicate && !r[2].duplicate);
+    assert_eq!(
+        (r[1].msg_id, r[1].sender_seq, r[1].sent_at_ms),
+        (x2.msg_id, 2, 10)
+    );
+    assert_eq!((r[0].sender_seq, r[2].sender_seq), (3, 4));
+    assert_eq!(out.deliveries.len(), 4);
+    let (page, more) = store.pull(b, 0, 10).await.unwrap();
+    assert!(!more);
+    let got: Vec<(u64, &str)> = page
+        .iter()
+        .map(|m| (m.seq, m.client_msg_id.as_str()))
+        .collect();
+    assert_eq!(got, [(1, "x1"), (2, "x2"), (3, "x3"), (4, "x4")]);
+    // And a batch of new messages only, after it: still dense.
+    let out = store.commit_batch(&[msg(a, b, "x5")], 30).await.unwrap();
+    assert_eq!(out.results[0].as_ref().unwrap().sender_seq, 5);
+    assert_eq!(store.max_seq(b).await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn retransmit_among_new_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    retransmit_among_new(&store).await;
+}
+
+#[tokio::test]
+async fn retransmit_among_new_postgres() {
+    let store = common::postgres("im_retx").await;
+    retransmit_among_new(&store).await;
+}
+
 /// What batching must not change: the policy per message, dense sequences
 /// per user across statement chunks, one receipt per (message, device) for
 /// many devices acknowledged at once, and no deadlock or gap when batches
