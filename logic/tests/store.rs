@@ -135,8 +135,8 @@ async fn store_semantics_postgres() {
 
 /// A batch that holds a retransmit of a stored message beside new ones: the
 /// retransmit gets its original acknowledgement, the new ones dense
-/// sequences after everything before (on Postgres this is the path where
-/// the one-statement insert finds a conflict and allocates nothing).
+/// sequences after everything before (no sequence is taken for the copy
+/// the insert skipped).
 async fn retransmit_among_new(store: &Store) {
     let a = store.create_user("carol", "h", 0).await.unwrap();
     let b = store.create_user("dave", "h", 0).await.unwrap();

@@ -148,18 +148,9 @@ impl Store {
         }
         let (candidates, follows) = first_copies(items, eligible);
 
-        // 3. Insert; a conflict means the message was stored before. On
-        // Postgres, when nothing conflicts, the same statement also
-        // allocates the sequences and writes the inbox rows.
+        // 3. Insert; a conflict means the message was stored before.
         let fresh: Vec<&NewMessage> = candidates.iter().map(|&i| &items[i]).collect();
-        let merged = match self.backend() {
-            super::Backend::Postgres => insert_and_deliver(&mut *tx, &fresh, now_ms).await?,
-            super::Backend::Sqlite => None,
-        };
-        let (inserted, allocated) = match merged {
-            Some(m) => m,
-            None => (insert_messages(&mut *tx, &fresh, now_ms).await?, None),
-        };
+        let inserted = insert_messages(&mut *tx, &fresh, now_ms).await?;
 
         // 4. Allocate sequences: per user, in batch order, users locked in id order.
         let mut new_items: Vec<(usize, i64)> = Vec::new();
@@ -178,14 +169,9 @@ impl Store {
                 }
             }
         }
-        let entries_written = allocated.is_some();
-        let mut next_seq = match allocated {
-            Some(first) => first,
-            None => {
-                self.allocate(&mut *tx, SeqTable::Users, &counts, false)
-                    .await?
-            }
-        };
+        let mut next_seq = self
+            .allocate(&mut *tx, SeqTable::Users, &counts, false)
+            .await?;
 
         // 5. Inbox rows.
         let mut deliveries = Vec::new();
@@ -230,9 +216,7 @@ impl Store {
             .iter()
             .map(|d| (d.user, d.message.seq as i64, d.message.msg_id))
             .collect();
-        if !entries_written {
-            insert_entries(&mut *tx, "inbox (user_id, seq, msg_id)", &rows).await?;
-        }
+        insert_entries(&mut *tx, "inbox (user_id, seq, msg_id)", &rows).await?;
 
         for (i, j) in follows {
             results[i] = results[j].clone().map(|r| {
@@ -504,124 +488,6 @@ pub(super) async fn insert_messages(
         }
     }
     Ok(inserted)
-}
-
-/// Ids of inserted messages by (sender, client_msg_id), and each user's
-/// first allocated sequence when the inbox rows were written too.
-type InsertedAndAllocated = (HashMap<(i64, String), i64>, Option<HashMap<i64, u64>>);
-
-/// Postgres: inserts `fresh` and, when none of them was stored before (no
-/// conflict, the usual case), allocates their sequences and writes their
-/// inbox rows in the same statement: one round trip instead of three. The
-/// users' rows are already locked (in id order) by the caller. Sequences
-/// follow the batch order per user, as in the general path; after a
-/// conflict nothing is allocated (the caller allocates for what was
-/// inserted). `None` when the batch does not fit one statement.
-async fn insert_and_deliver(
-    tx: &mut AnyConnection,
-    fresh: &[&NewMessage],
-    now_ms: u64,
-) -> Result<Option<InsertedAndAllocated>, StoreError> {
-    if fresh.is_empty() {
-        return Ok(Some((HashMap::new(), Some(HashMap::new()))));
-    }
-    let mut counts: BTreeMap<i64, i64> = BTreeMap::new();
-    // (user, message ordinal, ordinal among that user's rows, from 1)
-    let mut entries: Vec<(i64, i64, i64)> = Vec::new();
-    for (o, m) in fresh.iter().enumerate() {
-        for u in inbox_users(m) {
-            let k = counts.entry(u).or_default();
-            *k += 1;
-            entries.push((u, o as i64, *k));
-        }
-    }
-    if fresh.len() > MAX_ROWS_PER_INSERT
-        || counts.len() > MAX_ROWS_PER_INSERT
-        || entries.len() > MAX_ROWS_PER_INSERT
-    {
-        return Ok(None);
-    }
-    let (pm, pu, pe) = (
-        sql::padded_len(fresh.len()),
-        sql::padded_len(counts.len()),
-        sql::padded_len(entries.len()),
-    );
-    let (v_at, in_at) = (pm * 8 + 1, pm * 8 + pu * 2 + 1);
-    let (n_at, e_at) = (in_at + pu, in_at + pu + 1);
-    let q = format!(
-        "WITH m (o, sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
-           AS (VALUES {m}), \
-         ins AS (INSERT INTO messages \
-             (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
-           SELECT sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms \
-           FROM m WHERE o IS NOT NULL ORDER BY o \
-           ON CONFLICT (sender, client_msg_id) DO NOTHING \
-           RETURNING id, sender, client_msg_id), \
-         v (k, n) AS (VALUES {v}), \
-         a AS (UPDATE user_seq SET seq = user_seq.seq + v.n FROM v \
-           WHERE user_seq.user_id = v.k AND user_seq.user_id IN ({ids}) \
-             AND (SELECT count(*) FROM ins) = ${n_at} \
-           RETURNING user_seq.user_id, user_seq.seq - v.n AS base), \
-         e (u, o, k) AS (VALUES {e}), \
-         ie AS (INSERT INTO inbox (user_id, seq, msg_id) \
-           SELECT e.u, a.base + e.k, ins.id FROM e \
-           JOIN a ON a.user_id = e.u JOIN m ON m.o = e.o \
-           JOIN ins ON ins.sender = m.sender AND ins.client_msg_id = m.client_msg_id) \
-         SELECT 0, id, sender, client_msg_id FROM ins \
-         UNION ALL SELECT 1, user_id, base, NULL FROM a",
-        m = sql::values(pm, 8),
-        v = sql::values_at(pu, 2, v_at),
-        ids = sql::list(pu, in_at),
-        e = sql::values_at(pe, 3, e_at),
-    );
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-    for (o, m) in fresh.iter().enumerate() {
-        query = query
-            .bind(o as i64)
-            .bind(m.sender)
-            .bind(m.client_msg_id.as_str())
-            .bind(m.conv_type as i64)
-            .bind(m.target)
-            .bind(i64::from(m.content_type))
-            .bind(m.body.to_vec())
-            .bind(now_ms as i64);
-    }
-    for _ in fresh.len()..pm {
-        query = query
-            .bind(None::<i64>)
-            .bind(None::<i64>)
-            .bind(None::<&str>)
-            .bind(None::<i64>)
-            .bind(None::<i64>)
-            .bind(None::<i64>)
-            .bind(None::<Vec<u8>>)
-            .bind(None::<i64>);
-    }
-    for (u, n) in &counts {
-        query = query.bind(*u).bind(*n);
-    }
-    query = sql::bind_null_rows(query, counts.len(), 2);
-    let users: Vec<i64> = counts.keys().copied().collect();
-    for u in sql::padded_ids(&users) {
-        query = query.bind(u);
-    }
-    query = query.bind(fresh.len() as i64);
-    for (u, o, k) in &entries {
-        query = query.bind(*u).bind(*o).bind(*k);
-    }
-    query = sql::bind_null_rows(query, entries.len(), 3);
-    let mut inserted = HashMap::with_capacity(fresh.len());
-    let mut first = HashMap::with_capacity(counts.len());
-    for row in query.fetch_all(&mut *tx).await? {
-        let (kind, a, b): (i32, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        if kind == 0 {
-            inserted.insert((b, row.try_get::<String, _>(3)?), a);
-        } else {
-            first.insert(a, (b + 1) as u64);
-        }
-    }
-    let allocated = (inserted.len() == fresh.len()).then_some(first);
-    Ok(Some((inserted, allocated)))
 }
 
 /// Inserts (key, seq, msg_id) rows into `target`, an inbox table with its

@@ -23,11 +23,6 @@ pub fn padded_len(n: usize) -> usize {
 
 /// `($1, $2), ($3, $4)` for `rows` rows of `cols` columns.
 pub fn values(rows: usize, cols: usize) -> String {
-    values_at(rows, cols, 1)
-}
-
-/// [`values`] with placeholders numbered from `$start`.
-pub fn values_at(rows: usize, cols: usize, start: usize) -> String {
     let mut s = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -39,7 +34,7 @@ pub fn values_at(rows: usize, cols: usize, start: usize) -> String {
                 s.push_str(", ");
             }
             s.push('$');
-            s.push_str(&(start + r * cols + c).to_string());
+            s.push_str(&(r * cols + c + 1).to_string());
         }
         s.push(')');
     }
@@ -82,7 +77,6 @@ mod tests {
     #[test]
     fn builds_placeholders() {
         assert_eq!(super::values(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(super::values_at(2, 2, 5), "($5, $6), ($7, $8)");
         assert_eq!(super::list(3, 2), "$2, $3, $4");
     }
 
