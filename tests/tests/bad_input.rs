@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use im_client::conn::raw_header;
-use im_client::{ClientError, Connection, DeviceType, Event};
+use im_client::{ClientError, Connection, DeviceType, Endpoint, Event};
 use im_proto::client::ErrorCode;
 use im_proto::{Command, Frame};
 use im_tests::*;
@@ -181,5 +181,46 @@ async fn bad_input_is_refused_and_others_lose_nothing() -> anyhow::Result<()> {
         got.iter()
             .any(|m| m.from == carol.id && m.client_msg_id == sqlish && m.body == sqlish)
     );
+    Ok(())
+}
+
+/// Over WebSocket a frame is one binary message: a ping is answered and the
+/// session goes on, a text message is refused with an error frame and the
+/// connection is closed.
+#[tokio::test]
+async fn websocket_text_is_refused_and_pings_are_answered() -> anyhow::Result<()> {
+    use futures::{SinkExt, StreamExt};
+    use im_proto::prost::Message as _;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let node = SingleNode::start(&[]).await?;
+    let Endpoint::Ws(url) = node.ws_endpoint() else {
+        unreachable!("a WebSocket endpoint")
+    };
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| {
+        tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("an answer within 5 s")
+    };
+    ws.send(Message::Ping(Bytes::from_static(b"are you there")))
+        .await?;
+    match next(&mut ws).await {
+        Some(Ok(Message::Pong(p))) => assert_eq!(&p[..], b"are you there"),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+    ws.send(Message::Text("not a frame".into())).await?;
+    let frame = match next(&mut ws).await {
+        Some(Ok(Message::Binary(b))) => Frame::decode_exact(&b, 1 << 20)?,
+        other => panic!("expected an error frame, got {other:?}"),
+    };
+    assert!(frame.flags.is_error());
+    let err = im_proto::client::Error::decode(frame.body)?;
+    assert_eq!(err.code, ErrorCode::BadFrame as u32, "{}", err.message);
+    // Then the server closes: a close message, or the end of the stream.
+    match next(&mut ws).await {
+        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {}
+        Some(Ok(other)) => panic!("expected the close, got {other:?}"),
+    }
     Ok(())
 }
