@@ -70,9 +70,23 @@ ensure_postgres() {
   echo "postgres: ready"
 }
 
+# The tests make a database per test, named im_<kind>_<pid>_<hex> (the
+# harness in tests/src and logic/tests/common); they are dropped here, before
+# the run (what an interrupted run left) and after it, so that they do not pile
+# up on the server and keep autovacuum busy. Benchmark databases are the
+# bench's own business (it drops its database when a run ends).
+drop_test_databases() {
+  psql -w -h 127.0.0.1 -U postgres -d postgres -Atc \
+    "select datname from pg_database where datname ~ '^im_(test|store|batch|plan|social|retx)_[0-9]+_[0-9a-f]+$'" |
+    while read -r db; do
+      psql -w -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true
+    done || true
+}
+
 log "services"
 ensure_redis
 ensure_postgres
+drop_test_databases
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -90,8 +104,11 @@ log "doctests"
 cargo test --workspace --doc --locked
 
 log "unit, property and end-to-end tests"
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  cargo nextest run --workspace --locked --no-fail-fast || status=$?
 else
-  cargo test --workspace --locked --no-fail-fast
+  cargo test --workspace --locked --no-fail-fast || status=$?
 fi
+drop_test_databases
+exit "$status"
