@@ -98,7 +98,7 @@ impl Store {
     }
 
     /// The inbox range each acknowledgement newly covers (acks that cover
-    /// nothing new are left out), in the acks' order.
+    /// nothing new are left out), in the acks' order; one round trip.
     async fn ack_ranges(
         &self,
         tx: &mut AnyConnection,
@@ -110,21 +110,13 @@ impl Store {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        // Each user's newest sequence and every device cursor, in one query.
         let mut newest: HashMap<i64, i64> = HashMap::new();
-        let q = format!(
-            "SELECT user_id, seq FROM user_seq WHERE user_id IN ({})",
-            sql::list(sql::padded_len(users.len()), 1)
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for u in sql::padded_ids(&users) {
-            query = query.bind(u);
-        }
-        for row in query.fetch_all(&mut *tx).await? {
-            newest.insert(row.try_get(0)?, row.try_get(1)?);
-        }
         let mut cursors: HashMap<(i64, i64), i64> = HashMap::new();
         let q = format!(
-            "SELECT user_id, device, acked_seq FROM device_cursors WHERE user_id IN ({})",
+            "SELECT s.user_id, s.seq, c.device, c.acked_seq FROM user_seq s \
+             LEFT JOIN device_cursors c ON c.user_id = s.user_id \
+             WHERE s.user_id IN ({})",
             sql::list(sql::padded_len(users.len()), 1)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
@@ -132,7 +124,12 @@ impl Store {
             query = query.bind(u);
         }
         for row in query.fetch_all(&mut *tx).await? {
-            cursors.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+            let user: i64 = row.try_get(0)?;
+            newest.insert(user, row.try_get(1)?);
+            let cursor: (Option<i64>, Option<i64>) = (row.try_get(2)?, row.try_get(3)?);
+            if let (Some(device), Some(acked)) = cursor {
+                cursors.insert((user, device), acked);
+            }
         }
         Ok(acks
             .iter()
