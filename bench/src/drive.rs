@@ -191,6 +191,14 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         shared.retryable_errors.load(Ordering::Relaxed),
     );
     out.figure("latency", timeline.summary());
+    out.figure(
+        "sent_latency",
+        shared
+            .sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .summary(),
+    );
     if let Some((p50, p99)) = *shared
         .pacer_late_us
         .lock()

@@ -39,6 +39,9 @@ pub struct Shared {
     /// How late the open-loop pacer sent, p50 and p99 in microseconds
     /// (already part of the latency, which counts from the schedule).
     pub pacer_late_us: Mutex<Option<(u64, u64)>>,
+    /// Send (its schedule, open loop) to the SENT acknowledgement: the
+    /// store's share of the latency, beside the full send-to-receive one.
+    pub sent: Mutex<Timeline>,
 }
 
 impl Shared {
@@ -60,6 +63,7 @@ impl Shared {
                 .collect(),
             warmup_secs,
             pacer_late_us: Mutex::new(None),
+            sent: Mutex::new(Timeline::new(warmup_secs)),
         })
     }
 
@@ -221,8 +225,17 @@ async fn send_and_log(
     shared: Arc<Shared>,
 ) {
     let id = msg_id(s, n);
+    let sched = sched_of(&body).map(Duration::from_nanos);
     match send_retry(&client, dest, &id, body).await {
         Ok(_) => {
+            if let Some(sched) = sched {
+                let took = shared.epoch.elapsed().saturating_sub(sched);
+                shared
+                    .sent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record(sched.as_secs() as usize, took.as_micros() as u64);
+            }
             let at = shared.ms();
             log.lock().unwrap_or_else(|p| p.into_inner()).acked(n, at);
             shared.acked.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! The machine and its processes, read from /proc: cores, memory, load,
 //! RSS and CPU time of a pid, the git commit from `.git` files. Read-only.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -77,6 +77,12 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// utime + stime of a process, in clock ticks.
 pub fn cpu_ticks(pid: u32) -> u64 {
+    stat_ticks(pid, false)
+}
+
+/// utime + stime, plus with `children` the time of its children that ended
+/// (a Postgres backend that exits is added to the postmaster's).
+fn stat_ticks(pid: u32, children: bool) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let Some(rest) = s.rfind(')').map(|i| &s[i + 1..]) else {
@@ -89,7 +95,12 @@ pub fn cpu_ticks(pid: u32) -> u64 {
             .and_then(|x| x.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    get(14) + get(15)
+    let own = get(14) + get(15);
+    if children {
+        own + get(16) + get(17)
+    } else {
+        own
+    }
 }
 
 /// Pids whose command name (`/proc/PID/comm`) is `name`.
@@ -109,25 +120,46 @@ pub fn pids_named(name: &str) -> Vec<u32> {
 /// Clock ticks per second (USER_HZ); 100 on every Linux we run on.
 const TICKS_PER_SEC: f64 = 100.0;
 
+/// The processes of one CPU accounting group.
+#[derive(Debug, Clone)]
+pub enum Procs {
+    /// These processes (the servers the bench started).
+    Pids(Vec<u32>),
+    /// Every process with this command name, looked up again at the end, so
+    /// that processes started during the run count too (a Postgres backend
+    /// for a connection opened after the start), as do the ones that ended
+    /// (through their parent's children times).
+    Named(&'static str),
+}
+
+impl Procs {
+    fn ticks(&self) -> HashMap<u32, u64> {
+        match self {
+            Procs::Pids(pids) => pids.iter().map(|&p| (p, stat_ticks(p, false))).collect(),
+            Procs::Named(name) => pids_named(name)
+                .into_iter()
+                .map(|p| (p, stat_ticks(p, true)))
+                .collect(),
+        }
+    }
+}
+
 /// CPU use of groups of processes between `start` and `stop`.
 pub struct CpuSampler {
-    groups: Vec<(String, Vec<u32>)>,
-    start: Option<(Instant, Vec<u64>)>,
+    groups: Vec<(String, Procs)>,
+    start: Option<(Instant, Vec<HashMap<u32, u64>>)>,
 }
 
 impl CpuSampler {
-    pub fn new(groups: Vec<(String, Vec<u32>)>) -> Self {
+    pub fn new(groups: Vec<(String, Procs)>) -> Self {
         CpuSampler {
             groups,
             start: None,
         }
     }
 
-    fn ticks(&self) -> Vec<u64> {
-        self.groups
-            .iter()
-            .map(|(_, pids)| pids.iter().map(|&p| cpu_ticks(p)).sum())
-            .collect()
+    fn ticks(&self) -> Vec<HashMap<u32, u64>> {
+        self.groups.iter().map(|(_, procs)| procs.ticks()).collect()
     }
 
     pub fn start(&mut self) {
@@ -144,7 +176,11 @@ impl CpuSampler {
             .iter()
             .zip(self.ticks().iter().zip(before))
             .map(|((name, _), (after, before))| {
-                let pct = after.saturating_sub(*before) as f64 / TICKS_PER_SEC / secs * 100.0;
+                let used: u64 = after
+                    .iter()
+                    .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+                    .sum();
+                let pct = used as f64 / TICKS_PER_SEC / secs * 100.0;
                 (name.clone(), (pct * 10.0).round() / 10.0)
             })
             .collect()

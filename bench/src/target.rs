@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 use im_client::Endpoint;
 use im_tests::{Proc, free_port, unique, wait_http_ok};
 
+use crate::sys::Procs;
+
 /// Single node or cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -309,28 +311,28 @@ impl Target {
     }
 
     /// Process groups for CPU accounting.
-    pub fn cpu_groups(&self) -> Vec<(String, Vec<u32>)> {
+    pub fn cpu_groups(&self) -> Vec<(String, Procs)> {
         let mut g = Vec::new();
         match self.mode {
-            Mode::Single => g.push(("im-server".to_string(), self.gateway_pids.clone())),
+            Mode::Single => g.push((
+                "im-server".to_string(),
+                Procs::Pids(self.gateway_pids.clone()),
+            )),
             Mode::Cluster => {
                 for (i, p) in self.gateway_pids.iter().enumerate() {
-                    g.push((format!("im-gateway-{i}"), vec![*p]));
+                    g.push((format!("im-gateway-{i}"), Procs::Pids(vec![*p])));
                 }
                 for (i, p) in self.logic_pids.iter().enumerate() {
-                    g.push((format!("im-logic-{i}"), vec![*p]));
+                    g.push((format!("im-logic-{i}"), Procs::Pids(vec![*p])));
                 }
-                g.push((
-                    "postgres (all)".to_string(),
-                    crate::sys::pids_named("postgres"),
-                ));
-                g.push((
-                    "redis-server".to_string(),
-                    crate::sys::pids_named("redis-server"),
-                ));
+                g.push(("postgres (all)".to_string(), Procs::Named("postgres")));
+                g.push(("redis-server".to_string(), Procs::Named("redis-server")));
             }
         }
-        g.push(("im-bench".to_string(), vec![std::process::id()]));
+        g.push((
+            "im-bench".to_string(),
+            Procs::Pids(vec![std::process::id()]),
+        ));
         g
     }
 

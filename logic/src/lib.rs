@@ -3,9 +3,9 @@
 //! - [`store`]: sqlx storage (Postgres or SQLite): users, tokens, messages,
 //!   inboxes with per-user sequences, device cursors; migrations.
 //! - [`auth`]: argon2 password hashes and JWT bearer tokens.
-//! - [`acker`]: device acknowledgements batched into cursor updates and
-//!   DELIVERED receipts (stored, then pushed like messages).
-//! - [`committer`]: group commit — sends queue per shard, many per transaction.
+//! - [`committer`]: group commit — sends queue per shard, many per
+//!   transaction, with the device acknowledgements queued meanwhile (cursor
+//!   updates and DELIVERED receipts, stored, then pushed like messages).
 //! - [`pusher`]: committed inbox entries → route lookup → one push batch per gateway.
 //! - [`service`]: [`LogicService`], the core behind both transports, which
 //!   implements [`im_common::api::LogicApi`].
@@ -24,7 +24,6 @@
 //! → pusher → gateways of online recipients.
 #![forbid(unsafe_code)]
 
-pub mod acker;
 pub mod auth;
 pub mod c2s;
 pub mod c2s_stream;

@@ -13,7 +13,6 @@ use im_proto::logic::{
     AuthReply, AuthRequest, KickRequest, UpReply, UpRequest, up_reply, up_request,
 };
 
-use crate::acker::Acker;
 use crate::auth::{AuthError, Claims, TokenKeys};
 use crate::committer::{Committer, CommitterConfig};
 use crate::group_committer::GroupCommitter;
@@ -54,7 +53,6 @@ pub struct LogicService {
     pub(crate) gateways: Arc<dyn GatewayApi>,
     pub(crate) committer: Committer,
     pub(crate) group_committer: GroupCommitter,
-    acker: Acker,
     pub(crate) cfg: LogicConfig,
     /// Where c2s messages go (Redis Streams); unset without Redis.
     pub(crate) c2s: std::sync::OnceLock<crate::c2s::C2sSink>,
@@ -70,7 +68,6 @@ impl LogicService {
     ) -> Arc<LogicService> {
         metrics::init();
         let pusher = Pusher::start(routes.clone(), gateways.clone());
-        let acker = Acker::start(store.clone(), pusher.clone());
         let committer = Committer::start(store.clone(), pusher, cfg.committer);
         let group_committer = GroupCommitter::start(
             store.clone(),
@@ -85,7 +82,6 @@ impl LogicService {
             gateways,
             committer,
             group_committer,
-            acker,
             cfg,
             c2s: std::sync::OnceLock::new(),
         })
@@ -293,7 +289,7 @@ impl LogicApi for LogicService {
                 })
             }
             Some(up_request::Kind::Ack(a)) => {
-                self.acker.ack(DeviceAck {
+                self.committer.ack(DeviceAck {
                     user: req.user_id,
                     device: req.device,
                     seq: a.seq,

@@ -5,7 +5,7 @@ mod common;
 use bytes::Bytes;
 use im_common::api::ApiError;
 use im_logic::store::receipts::DeviceAck;
-use im_logic::store::{NewMessage, SendPolicy, Store};
+use im_logic::store::{NewMessage, SendPolicy, Store, WriterConn};
 use im_proto::client::{ConversationType, ErrorCode};
 use im_proto::client::{Receipt, ReceiptKind, SystemContentType};
 use im_proto::prost::Message as _;
@@ -181,6 +181,69 @@ async fn retransmit_among_new_sqlite() {
 async fn retransmit_among_new_postgres() {
     let store = common::postgres("im_retx").await;
     retransmit_among_new(&store).await;
+}
+
+/// Messages and acknowledgements in one transaction on a writer's own
+/// connection (what a committer shard does): the acks' receipt messages are
+/// stored after the batch's messages, results and deliveries index the
+/// returned list, and the cursor moves in the same commit.
+async fn messages_with_acks(store: &Store) {
+    let a = store.create_user("erin", "h", 0).await.unwrap();
+    let b = store.create_user("frank", "h", 0).await.unwrap();
+    let first = store.commit_batch(&[msg(a, b, "m1")], 10).await.unwrap();
+    let m1 = first.results[0].as_ref().unwrap().msg_id;
+    let mut conn = WriterConn::dedicated();
+    let ack = DeviceAck {
+        user: b,
+        device: 1,
+        seq: 1,
+    };
+    let (items, out) = store
+        .commit_with_acks_on(
+            &mut conn,
+            vec![msg(a, b, "m2"), msg(b, a, "r1")],
+            &[ack],
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(items.len(), 3, "two messages, then one receipt");
+    assert_eq!(items[2].content_type, SystemContentType::Receipt as u32);
+    assert_eq!((items[2].sender, items[2].recipients.clone()), (b, vec![a]));
+    let seqs: Vec<u64> = out
+        .results
+        .iter()
+        .map(|r| r.as_ref().unwrap().sender_seq)
+        .collect();
+    // a: m1 = 1, m2 = 2; b: m1 = 1, m2 = 2, r1 = 3, and the receipt is b's.
+    assert_eq!(seqs, [2, 3, 0]);
+    let receipt: Vec<_> = out.deliveries.iter().filter(|d| d.item == 2).collect();
+    assert_eq!(receipt.len(), 1);
+    assert_eq!((receipt[0].user, receipt[0].message.seq), (a, 4));
+    let r = Receipt::decode(receipt[0].message.body.clone()).unwrap();
+    assert_eq!((r.reader, r.msg_ids.clone()), (b, vec![m1]));
+    assert_eq!(store.cursor(b, 1).await.unwrap(), 1);
+    // The kept connection serves the next transaction; acks alone work too.
+    let ack = DeviceAck { seq: 3, ..ack };
+    let d = store.commit_acks_on(&mut conn, &[ack], 30).await.unwrap();
+    let r = Receipt::decode(d[0].message.body.clone()).unwrap();
+    assert_eq!(r.msg_ids, vec![out.results[0].as_ref().unwrap().msg_id]);
+    assert_eq!(store.cursor(b, 1).await.unwrap(), 3);
+    let (page, _) = store.pull(a, 0, 10).await.unwrap();
+    let got: Vec<(u64, i64)> = page.iter().map(|m| (m.seq, m.from)).collect();
+    assert_eq!(got, [(1, a), (2, a), (3, b), (4, b), (5, b)]);
+}
+
+#[tokio::test]
+async fn messages_with_acks_sqlite() {
+    let (store, _dir) = common::sqlite().await;
+    messages_with_acks(&store).await;
+}
+
+#[tokio::test]
+async fn messages_with_acks_postgres() {
+    let store = common::postgres("im_store").await;
+    messages_with_acks(&store).await;
 }
 
 /// What batching must not change: the policy per message, dense sequences

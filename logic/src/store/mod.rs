@@ -56,19 +56,41 @@ pub struct WriteTx<'c> {
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-/// The connection a writer loop (committer, acker) keeps between its
+/// The connection a writer loop (a committer shard) keeps between its
 /// transactions. A connection taken from the pool is pinged first, which is
 /// one more round trip before every transaction; a kept one is not. After a
 /// failed transaction it is closed, and the next transaction takes a fresh
-/// one (pinged).
+/// one.
 #[derive(Default)]
-pub struct WriterConn(Option<sqlx::pool::PoolConnection<Any>>);
+pub struct WriterConn {
+    kept: Option<Kept>,
+    dedicated: bool,
+}
+
+enum Kept {
+    Pooled(sqlx::pool::PoolConnection<Any>),
+    Own(sqlx::AnyConnection),
+}
 
 impl WriterConn {
+    /// A writer connection of its own on Postgres, opened outside the pool
+    /// by the task that uses it: its socket then belongs to that task's
+    /// runtime (a committer's own thread), so each of the transaction's
+    /// round trips wakes that thread directly instead of waiting for a busy
+    /// shared runtime to poll for it. SQLite writers use the pool anyway.
+    pub fn dedicated() -> WriterConn {
+        WriterConn {
+            kept: None,
+            dedicated: true,
+        }
+    }
+
     /// Closes the kept connection (after an error it may be broken).
     pub fn discard(&mut self) {
-        if let Some(mut conn) = self.0.take() {
-            conn.close_on_drop();
+        match self.kept.take() {
+            Some(Kept::Pooled(mut conn)) => conn.close_on_drop(),
+            Some(Kept::Own(conn)) => drop(conn),
+            None => {}
         }
     }
 }
@@ -141,7 +163,7 @@ impl Store {
     /// Begins a transaction that will write. On SQLite it takes the write
     /// lock up front (`BEGIN IMMEDIATE`): a deferred transaction that reads
     /// first and then writes fails with SQLITE_BUSY instead of waiting when
-    /// another writer (the committer beside the acker, say) got there first.
+    /// another writer (a committer shard beside a REST write, say) got there first.
     pub async fn begin_write(&self) -> Result<WriteTx<'static>, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => {
@@ -168,13 +190,21 @@ impl Store {
             Backend::Sqlite => Some(self.writer.clone().lock_owned().await),
             Backend::Postgres => None,
         };
-        let conn = match &mut held.0 {
+        let own = held.dedicated && self.backend == Backend::Postgres;
+        let kept = match &mut held.kept {
             Some(conn) => conn,
-            empty => empty.insert(self.pool.acquire().await?),
+            empty if own => empty.insert(Kept::Own(
+                sqlx::ConnectOptions::connect(&*self.pool.connect_options()).await?,
+            )),
+            empty => empty.insert(Kept::Pooled(self.pool.acquire().await?)),
+        };
+        let conn: &mut sqlx::AnyConnection = match kept {
+            Kept::Pooled(c) => c,
+            Kept::Own(c) => c,
         };
         let tx = match self.backend {
-            Backend::Sqlite => sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await?,
-            Backend::Postgres => sqlx::Connection::begin(&mut **conn).await?,
+            Backend::Sqlite => sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?,
+            Backend::Postgres => sqlx::Connection::begin(conn).await?,
         };
         Ok(WriteTx { tx, _turn: turn })
     }

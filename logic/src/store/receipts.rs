@@ -6,7 +6,7 @@ use im_proto::client::{ConversationType, DeviceType, Receipt, ReceiptKind, Syste
 use im_proto::prost::Message as _;
 use sqlx::{AnyConnection, Row};
 
-use super::messages::{Delivery, NewMessage};
+use super::messages::{BatchOutcome, Delivery, NewMessage};
 use super::sql::{self, MAX_ROWS_PER_INSERT};
 use super::{Store, StoreError, WriterConn};
 
@@ -46,10 +46,32 @@ impl Store {
         acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<Vec<Delivery>, StoreError> {
+        let (_, outcome) = self
+            .commit_with_acks_on(held, Vec::new(), acks, now_ms)
+            .await?;
+        Ok(outcome.deliveries)
+    }
+
+    /// Stores `items` and applies `acks` in one transaction, so that one
+    /// writer's message batches and acknowledgements never wait for each
+    /// other's row locks and share one commit. The receipt messages the acks
+    /// produce are stored after the items: the returned messages are the
+    /// items followed by those receipts, and results and deliveries index
+    /// into them.
+    pub async fn commit_with_acks_on(
+        &self,
+        held: &mut WriterConn,
+        mut items: Vec<NewMessage>,
+        acks: &[DeviceAck],
+        now_ms: u64,
+    ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
         self.write_on(held, async |tx| {
-            let receipts = self.apply_acks(tx, acks, now_ms).await?;
-            let outcome = self.commit_batch_in(tx, &receipts, now_ms).await?;
-            Ok(outcome.deliveries)
+            if !acks.is_empty() {
+                let receipts = self.apply_acks(tx, acks, now_ms).await?;
+                items.extend(receipts);
+            }
+            let outcome = self.commit_batch_in(tx, &items, now_ms).await?;
+            Ok((items, outcome))
         })
         .await
     }
