@@ -444,3 +444,66 @@ async fn acks_read_inbox_ranges_by_index_on_postgres() {
     assert!(!plan.contains("Seq Scan on inbox"), "{plan}");
     assert!(plan.contains("inbox_pkey"), "{plan}");
 }
+
+/// History reads the partial indexes that leave system messages out (the
+/// query states their condition as a literal, which a prepared statement's
+/// generic plan can match too); receipts have no entries there.
+#[tokio::test]
+async fn history_reads_the_partial_indexes_on_postgres() {
+    use im_logic::store::history::history_c2c_sql;
+    use sqlx::Row;
+    let store = common::postgres("im_plan").await;
+    let s = store.create_user("s", "h", 0).await.unwrap();
+    let mut users = Vec::new();
+    for i in 0..1000 {
+        users.push(store.create_user(&format!("r{i}"), "h", 0).await.unwrap());
+    }
+    for round in 0..20 {
+        let items: Vec<NewMessage> = (0..1000)
+            .map(|i| msg(s, users[i], &format!("{round}-{i}")))
+            .collect();
+        store.commit_batch(&items, 1).await.unwrap();
+    }
+    let acks: Vec<DeviceAck> = users
+        .iter()
+        .take(100)
+        .map(|&u| DeviceAck {
+            user: u,
+            device: 1,
+            seq: 20,
+        })
+        .collect();
+    store.commit_acks(&acks, 2).await.unwrap();
+    let pool = store.pool();
+    sqlx::query("ANALYZE").execute(pool).await.unwrap();
+    let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN {}",
+        history_c2c_sql()
+    )))
+    .bind(ConversationType::C2c as i64)
+    .bind(i64::MAX)
+    .bind(s)
+    .bind(users[7])
+    .bind(20i64)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.try_get::<String, _>(0).unwrap())
+    .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("messages_pair") || plan.contains("messages_conv"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on messages"), "{plan}");
+    // 20,000 messages in the pair index, none of the 100 receipts.
+    let (indexed, receipts): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT reltuples::bigint FROM pg_class WHERE relname = 'messages_pair'), \
+                (SELECT COUNT(*) FROM messages WHERE content_type >= 61440)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((indexed, receipts), (20_000, 100));
+}
