@@ -409,8 +409,7 @@ async fn batching_postgres() {
 /// join once a batch holds a few dozen acks and the inbox is large).
 #[tokio::test]
 async fn acks_read_inbox_ranges_by_index_on_postgres() {
-    use im_logic::store::Backend;
-    use im_logic::store::receipts::covered_sql;
+    use im_logic::store::receipts::ack_sql;
     use sqlx::Row;
     let store = common::postgres("im_plan").await;
     let s = store.create_user("s", "h", 0).await.unwrap();
@@ -425,16 +424,30 @@ async fn acks_read_inbox_ranges_by_index_on_postgres() {
         store.commit_batch(&items, 1).await.unwrap();
     }
     sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
-    let n = 60;
-    let q = format!("EXPLAIN {}", covered_sql(Backend::Postgres, n));
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+    // Each device acks up to 390 (run), then up to 400 (explained).
+    let n = 64;
+    let mut conn = store.pool().acquire().await.unwrap();
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(ack_sql(n)));
     for u in &users[..n] {
-        query = query.bind(*u).bind(1i64).bind(390i64).bind(400i64);
+        query = query.bind(*u).bind(1i64).bind(390i64);
+    }
+    let rows = query
+        .bind(5i64)
+        .bind(ConversationType::C2c as i64)
+        .bind(1i64)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), n * 390, "a receipt per covered message");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {}", ack_sql(n))));
+    for u in &users[..n] {
+        query = query.bind(*u).bind(1i64).bind(400i64);
     }
     let plan: Vec<String> = query
+        .bind(5i64)
         .bind(ConversationType::C2c as i64)
-        .bind(0xF000i64)
-        .fetch_all(store.pool())
+        .bind(1i64)
+        .fetch_all(&mut *conn)
         .await
         .unwrap()
         .iter()

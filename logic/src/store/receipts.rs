@@ -6,6 +6,7 @@ use im_proto::client::{ConversationType, DeviceType, Receipt, ReceiptKind, Syste
 use im_proto::prost::Message as _;
 use sqlx::{AnyConnection, Row};
 
+use super::history::USER_CONTENT;
 use super::messages::{BatchOutcome, Delivery, NewMessage};
 use super::sql::{self, MAX_ROWS_PER_INSERT};
 use super::{Store, StoreError, WriterConn};
@@ -21,9 +22,6 @@ pub struct DeviceAck {
 /// Client message ids of DELIVERED receipts start with this; the reader's
 /// own inbox gets no copy of them.
 pub const DELIVERED_PREFIX: &str = "dlv:";
-
-/// First content type reserved for server-generated messages.
-pub const SYSTEM_CONTENT_TYPES: i64 = 0xF000;
 
 impl Store {
     /// Applies acknowledgements: advances each device cursor (never back,
@@ -76,9 +74,10 @@ impl Store {
         .await
     }
 
-    /// Every acknowledgement of a batch in a fixed number of statements (per
-    /// 500 devices): read sequences and cursors, find the newly covered
-    /// messages, record receipts, move cursors.
+    /// Every acknowledgement of a batch in a fixed number of statements per
+    /// 512 devices (one on Postgres, four on SQLite): read sequences and
+    /// cursors, find the newly covered messages, record receipts, move
+    /// cursors. Returns the receipt messages to store, in the acks' order.
     async fn apply_acks(
         &self,
         tx: &mut AnyConnection,
@@ -88,35 +87,81 @@ impl Store {
         let acks = newest_per_device(acks);
         let mut receipts = Vec::new();
         for chunk in acks.chunks(MAX_ROWS_PER_INSERT) {
-            let ranges = self.ack_ranges(tx, chunk).await?;
-            if ranges.is_empty() {
-                continue;
-            }
-            let newly = self.record_receipts(tx, &ranges, now_ms).await?;
-            let q = format!(
-                "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) {} \
-                 ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
-                 updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
-                sql::padded_values(ranges.len(), 4)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for r in &ranges {
-                query = query
-                    .bind(r.user)
-                    .bind(r.device)
-                    .bind(r.new)
-                    .bind(now_ms as i64);
-            }
-            sql::bind_null_rows(query, ranges.len(), 4)
-                .execute(&mut *tx)
-                .await?;
-            for r in &ranges {
-                if let Some(pairs) = newly.get(&(r.user, r.device)) {
-                    receipts.extend(receipt_messages(r.user, r.device as i32, pairs.clone()));
+            let newly = match self.backend() {
+                super::Backend::Postgres => self.acks_in_one_statement(tx, chunk, now_ms).await?,
+                super::Backend::Sqlite => self.acks_step_by_step(tx, chunk, now_ms).await?,
+            };
+            for a in chunk {
+                if let Some(pairs) = newly.get(&(a.user, i64::from(a.device))) {
+                    receipts.extend(receipt_messages(a.user, a.device, pairs.clone()));
                 }
             }
         }
         Ok(receipts)
+    }
+
+    /// Postgres: [`ack_sql`] does everything in one round trip.
+    async fn acks_in_one_statement(
+        &self,
+        tx: &mut AnyConnection,
+        acks: &[DeviceAck],
+        now_ms: u64,
+    ) -> Result<NewlyReceipted, StoreError> {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(ack_sql(sql::padded_len(acks.len()))));
+        for a in acks {
+            query = query
+                .bind(a.user)
+                .bind(i64::from(a.device))
+                .bind(a.seq.min(i64::MAX as u64) as i64);
+        }
+        let rows = sql::bind_null_rows(query, acks.len(), 3)
+            .bind(now_ms as i64)
+            .bind(ConversationType::C2c as i64)
+            .bind(ReceiptKind::Delivered as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut newly = NewlyReceipted::new();
+        for row in rows {
+            let (user, device): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let (msg_id, sender): (i64, i64) = (row.try_get(2)?, row.try_get(3)?);
+            newly
+                .entry((user, device))
+                .or_default()
+                .push((msg_id, sender));
+        }
+        Ok(newly)
+    }
+
+    /// SQLite (no LATERAL, no data-modifying CTEs): ranges, receipts, cursors.
+    async fn acks_step_by_step(
+        &self,
+        tx: &mut AnyConnection,
+        acks: &[DeviceAck],
+        now_ms: u64,
+    ) -> Result<NewlyReceipted, StoreError> {
+        let ranges = self.ack_ranges(tx, acks).await?;
+        if ranges.is_empty() {
+            return Ok(NewlyReceipted::new());
+        }
+        let newly = self.record_receipts(tx, &ranges, now_ms).await?;
+        let q = format!(
+            "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) {} \
+             ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
+             updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
+            sql::padded_values(ranges.len(), 4)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        for r in &ranges {
+            query = query
+                .bind(r.user)
+                .bind(r.device)
+                .bind(r.new)
+                .bind(now_ms as i64);
+        }
+        sql::bind_null_rows(query, ranges.len(), 4)
+            .execute(&mut *tx)
+            .await?;
+        Ok(newly)
     }
 
     /// The inbox range each acknowledgement newly covers (acks that cover
@@ -177,8 +222,8 @@ impl Store {
         tx: &mut AnyConnection,
         ranges: &[AckRange],
         now_ms: u64,
-    ) -> Result<HashMap<(i64, i64), Vec<(i64, i64)>>, StoreError> {
-        let q = covered_sql(self.backend(), sql::padded_len(ranges.len()));
+    ) -> Result<NewlyReceipted, StoreError> {
+        let q = covered_sql(sql::padded_len(ranges.len()));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
         for r in ranges {
             query = query.bind(r.user).bind(r.device).bind(r.old).bind(r.new);
@@ -186,11 +231,10 @@ impl Store {
         // NULL ranges cover nothing.
         let covered = sql::bind_null_rows(query, ranges.len(), 4)
             .bind(ConversationType::C2c as i64)
-            .bind(SYSTEM_CONTENT_TYPES)
             .fetch_all(&mut *tx)
             .await?;
         let mut sender_of: HashMap<i64, i64> = HashMap::new();
-        let mut newly: HashMap<(i64, i64), Vec<(i64, i64)>> = HashMap::new();
+        let mut newly = NewlyReceipted::new();
         for chunk in covered.chunks(MAX_ROWS_PER_INSERT) {
             let q = format!(
                 "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) {} \
@@ -222,37 +266,67 @@ impl Store {
     }
 }
 
-/// The one-to-one messages from others in `ranges` inbox ranges (bound as
-/// user, device, lo, hi per range, NULL for none, then the c2c conversation type and the
-/// first system content type), as (user, device, msg_id, sender) rows.
-///
-/// Each range must be an index range scan of the inbox. Postgres would
-/// rather hash-join a scan of the whole inbox once there are a few dozen
-/// ranges, so there each range is a LATERAL subquery (`OFFSET 0` keeps the
-/// planner from flattening it back into a join); SQLite has no LATERAL and
-/// loops over the ranges anyway.
-pub fn covered_sql(backend: super::Backend, ranges: usize) -> String {
-    let (conv, content) = (ranges * 4 + 1, ranges * 4 + 2);
-    let covered = "SELECT m.id, m.sender FROM inbox i JOIN messages m ON m.id = i.msg_id";
-    let filter = format!(
-        "i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
-         AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.content_type < ${content}"
-    );
-    let ranges_cte = format!(
-        "WITH r (user_id, device, lo, hi) AS (VALUES {})",
+/// SQLite: the one-to-one messages from others in `ranges` inbox ranges
+/// (bound as user, device, lo, hi per range, NULL for none, then the c2c
+/// conversation type), as (user, device, msg_id, sender) rows. SQLite loops
+/// over the ranges and reads each by the inbox's primary key; Postgres does
+/// this step inside [`ack_sql`].
+pub fn covered_sql(ranges: usize) -> String {
+    let conv = ranges * 4 + 1;
+    format!(
+        "WITH r (user_id, device, lo, hi) AS (VALUES {}) \
+         SELECT r.user_id, r.device, m.id, m.sender FROM r \
+         JOIN inbox i ON i.user_id = r.user_id JOIN messages m ON m.id = i.msg_id \
+         WHERE i.seq > r.lo AND i.seq <= r.hi \
+         AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.{USER_CONTENT}",
         sql::values(ranges, 4)
-    );
-    match backend {
-        super::Backend::Postgres => format!(
-            "{ranges_cte} SELECT r.user_id, r.device, c.id, c.sender FROM r \
-             CROSS JOIN LATERAL ({covered} WHERE {filter} OFFSET 0) c"
-        ),
-        super::Backend::Sqlite => format!(
-            "{ranges_cte} SELECT r.user_id, r.device, m.id, m.sender FROM r \
-             JOIN inbox i ON i.user_id = r.user_id JOIN messages m ON m.id = i.msg_id \
-             WHERE {filter}"
-        ),
-    }
+    )
+}
+
+/// The newly receipted `(msg_id, sender)` pairs per (user, device).
+type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
+
+/// Postgres: a batch of acknowledgements in one statement. Binds `rows`
+/// (user, device, ack) rows (NULL rows pad, see [`sql::padded_values`]),
+/// then the time, the c2c conversation type and the DELIVERED kind; returns
+/// the newly receipted (user, device, msg_id, sender) rows.
+///
+/// The same steps as the SQLite path, as CTEs: each ack's newly covered
+/// range `(cursor, min(ack, newest)]`; the cursor moved (never back); the
+/// one-to-one messages from others in the range, each range read by index
+/// (`LATERAL … OFFSET 0`: Postgres would rather hash-join a scan of the
+/// whole inbox once there are a few dozen ranges, and `OFFSET 0` keeps the
+/// planner from flattening the subquery back into a join); their receipts inserted
+/// once per message and device. Data-modifying CTEs run exactly once
+/// whether or not the query reads them. Acks must be one per device
+/// ([`newest_per_device`]): an upsert may not touch a row twice.
+pub fn ack_sql(rows: usize) -> String {
+    let (now, conv, kind) = (rows * 3 + 1, rows * 3 + 2, rows * 3 + 3);
+    format!(
+        "WITH a (user_id, device, ack) AS (VALUES {values}), \
+         r AS MATERIALIZED (\
+           SELECT a.user_id, a.device, COALESCE(c.acked_seq, 0) AS lo, LEAST(a.ack, s.seq) AS hi \
+           FROM a JOIN user_seq s ON s.user_id = a.user_id \
+           LEFT JOIN device_cursors c ON c.user_id = a.user_id AND c.device = a.device \
+           WHERE LEAST(a.ack, s.seq) > COALESCE(c.acked_seq, 0)), \
+         moved AS (\
+           INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) \
+           SELECT user_id, device, hi, ${now} FROM r \
+           ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
+           updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq), \
+         covered AS MATERIALIZED (\
+           SELECT r.user_id, r.device, c.id, c.sender FROM r CROSS JOIN LATERAL (\
+             SELECT m.id, m.sender FROM inbox i JOIN messages m ON m.id = i.msg_id \
+             WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
+             AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.{USER_CONTENT} OFFSET 0) c), \
+         fresh AS (\
+           INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
+           SELECT id, user_id, device, ${kind}, ${now} FROM covered \
+           ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device) \
+         SELECT f.user_id, f.device, f.msg_id, c.sender FROM fresh f \
+         JOIN covered c ON c.id = f.msg_id AND c.user_id = f.user_id AND c.device = f.device",
+        values = sql::values(rows, 3)
+    )
 }
 
 /// The part of a device's inbox one acknowledgement newly covers: `(old, new]`.
