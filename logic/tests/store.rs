@@ -435,6 +435,7 @@ async fn acks_read_inbox_ranges_by_index_on_postgres() {
         .bind(5i64)
         .bind(ConversationType::C2c as i64)
         .bind(1i64)
+        .bind(0xF000i64)
         .fetch_all(&mut *conn)
         .await
         .unwrap();
@@ -447,6 +448,7 @@ async fn acks_read_inbox_ranges_by_index_on_postgres() {
         .bind(5i64)
         .bind(ConversationType::C2c as i64)
         .bind(1i64)
+        .bind(0xF000i64)
         .fetch_all(&mut *conn)
         .await
         .unwrap()
@@ -519,4 +521,46 @@ async fn history_reads_the_partial_indexes_on_postgres() {
     .await
     .unwrap();
     assert_eq!((indexed, receipts), (20_000, 100));
+}
+
+/// The acknowledgement statement's generic plan, made on empty tables (a
+/// writer prepares it at its first batch, and nothing re-plans it when the
+/// tables grow unless ANALYZE runs): each covered inbox row must read its
+/// message by primary key. With the system-content condition written as a
+/// literal, the planner read a partial index of all messages instead, and
+/// acknowledgements slowed down as the table grew (found at 1,000 msg/s).
+#[tokio::test]
+async fn the_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tables() {
+    use im_logic::store::receipts::ack_sql;
+    use sqlx::Row;
+    let store = common::postgres("im_plan").await;
+    store.create_user("a", "h", 0).await.unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let params = 3 + 4; // one (user, device, ack) row, then now, conv, kind, content
+    let prepare = format!(
+        "PREPARE ack ({}) AS {}",
+        vec!["int8"; params].join(", "),
+        ack_sql(1)
+    );
+    for q in [
+        "SET plan_cache_mode = force_generic_plan".to_string(),
+        prepare,
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(q))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    }
+    let args = vec!["1"; params].join(", ");
+    let plan: Vec<String> =
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE ack ({args})")))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>(0).unwrap())
+            .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("messages_pkey"), "{plan}");
+    assert!(!plan.contains("messages_sender"), "{plan}");
 }

@@ -170,7 +170,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let rows: Vec<(i64, i64)> = users.iter().map(|u| (*u, 0)).collect();
         let n = insert_members(&mut tx, group, &rows, now_ms).await?;
-        for chunk in users.chunks(sql::MAX_ROWS_PER_INSERT) {
+        for chunk in users.chunks(sql::rows_per_statement(&tx, 1)) {
             let mut q = sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM group_join_requests WHERE group_id = $1 AND user_id IN ({})",
                 sql::list(chunk.len(), 2)
@@ -337,7 +337,7 @@ async fn insert_members(
     now_ms: i64,
 ) -> Result<u64, StoreError> {
     let mut added = 0;
-    for chunk in rows.chunks(sql::MAX_ROWS_PER_INSERT) {
+    for chunk in rows.chunks(sql::rows_per_statement(tx, 5)) {
         let q = format!(
             "INSERT INTO group_members (group_id, user_id, role, muted_until_ms, joined_at_ms) VALUES {} \
              ON CONFLICT (group_id, user_id) DO NOTHING",

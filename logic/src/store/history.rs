@@ -124,7 +124,7 @@ impl Store {
     /// Messages by id (any order), for conversation summaries.
     pub async fn history_items(&self, ids: &[i64]) -> Result<Vec<HistoryItem>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(sql::MAX_ROWS_PER_INSERT) {
+        for chunk in ids.chunks(sql::rows_for(self.backend(), 1)) {
             let q = format!(
                 "SELECT {ITEM_COLS} FROM messages m LEFT JOIN revoked_messages r ON r.msg_id = m.id \
                  WHERE m.id IN ({})",

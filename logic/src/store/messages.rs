@@ -8,7 +8,7 @@ use sqlx::AnyConnection;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::sql::{self, MAX_ROWS_PER_INSERT};
+use super::sql;
 use super::{Store, StoreError, WriterConn};
 
 /// A pull page stops growing once its bodies pass this many bytes.
@@ -256,7 +256,7 @@ impl Store {
             super::Backend::Sqlite => "",
         };
         let mut known = HashSet::with_capacity(users.len());
-        for chunk in users.chunks(MAX_ROWS_PER_INSERT) {
+        for chunk in users.chunks(sql::rows_per_statement(tx, 1)) {
             let q = format!(
                 "SELECT user_id FROM user_seq WHERE user_id IN ({}) ORDER BY user_id{lock}",
                 sql::list(sql::padded_len(chunk.len()), 1)
@@ -285,7 +285,7 @@ impl Store {
         };
         let counts: Vec<(i64, i64)> = counts.iter().map(|(u, n)| (*u, *n)).collect();
         let mut next_seq = HashMap::with_capacity(counts.len());
-        for chunk in counts.chunks(MAX_ROWS_PER_INSERT) {
+        for chunk in counts.chunks(sql::rows_per_statement(tx, 3)) {
             if lock && self.backend() == super::Backend::Postgres {
                 let q = format!(
                     "SELECT {key} FROM {table} WHERE {key} IN ({}) ORDER BY {key} FOR UPDATE",
@@ -456,7 +456,7 @@ pub(super) async fn insert_messages(
     now_ms: u64,
 ) -> Result<HashMap<(i64, String), i64>, StoreError> {
     let mut inserted = HashMap::with_capacity(items.len());
-    for chunk in items.chunks(MAX_ROWS_PER_INSERT) {
+    for chunk in items.chunks(sql::rows_per_statement(tx, 7)) {
         let q = format!(
             "INSERT INTO messages (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
              {} ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id, sender, client_msg_id",
@@ -497,7 +497,7 @@ pub(super) async fn insert_entries(
     target: &'static str,
     rows: &[(i64, i64, i64)],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(MAX_ROWS_PER_INSERT) {
+    for chunk in rows.chunks(sql::rows_per_statement(tx, 3)) {
         let q = format!(
             "INSERT INTO {target} {}",
             sql::padded_values(chunk.len(), 3)
@@ -523,8 +523,9 @@ async fn pairs_in(
     others: &[i64],
 ) -> Result<HashSet<(i64, i64)>, StoreError> {
     let mut found = HashSet::new();
-    for a in users.chunks(MAX_ROWS_PER_INSERT) {
-        for b in others.chunks(MAX_ROWS_PER_INSERT) {
+    let rows = sql::rows_per_statement(tx, 2);
+    for a in users.chunks(rows) {
+        for b in others.chunks(rows) {
             // Both lists padded to one length: one statement shape per size.
             let n = sql::padded_len(a.len().max(b.len()));
             let q = format!(

@@ -6,9 +6,11 @@ use im_proto::client::{ConversationType, DeviceType, Receipt, ReceiptKind, Syste
 use im_proto::prost::Message as _;
 use sqlx::{AnyConnection, Row};
 
+use super::history::SYSTEM_CONTENT_MIN;
+#[cfg(doc)]
 use super::history::USER_CONTENT;
 use super::messages::{BatchOutcome, Delivery, NewMessage};
-use super::sql::{self, MAX_ROWS_PER_INSERT};
+use super::sql;
 use super::{Store, StoreError, WriterConn};
 
 /// A device's cumulative acknowledgement: it holds everything up to `seq`.
@@ -86,7 +88,9 @@ impl Store {
     ) -> Result<Vec<NewMessage>, StoreError> {
         let acks = newest_per_device(acks);
         let mut receipts = Vec::new();
-        for chunk in acks.chunks(MAX_ROWS_PER_INSERT) {
+        // The SQLite range query binds four parameters per ack.
+        let rows = sql::rows_for(self.backend(), 4);
+        for chunk in acks.chunks(rows) {
             let newly = match self.backend() {
                 super::Backend::Postgres => self.acks_in_one_statement(tx, chunk, now_ms).await?,
                 super::Backend::Sqlite => self.acks_step_by_step(tx, chunk, now_ms).await?,
@@ -118,6 +122,7 @@ impl Store {
             .bind(now_ms as i64)
             .bind(ConversationType::C2c as i64)
             .bind(ReceiptKind::Delivered as i64)
+            .bind(i64::from(SYSTEM_CONTENT_MIN))
             .fetch_all(&mut *tx)
             .await?;
         let mut newly = NewlyReceipted::new();
@@ -231,11 +236,12 @@ impl Store {
         // NULL ranges cover nothing.
         let covered = sql::bind_null_rows(query, ranges.len(), 4)
             .bind(ConversationType::C2c as i64)
+            .bind(i64::from(SYSTEM_CONTENT_MIN))
             .fetch_all(&mut *tx)
             .await?;
         let mut sender_of: HashMap<i64, i64> = HashMap::new();
         let mut newly = NewlyReceipted::new();
-        for chunk in covered.chunks(MAX_ROWS_PER_INSERT) {
+        for chunk in covered.chunks(sql::rows_per_statement(tx, 5)) {
             let q = format!(
                 "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) {} \
                  ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device",
@@ -268,17 +274,18 @@ impl Store {
 
 /// SQLite: the one-to-one messages from others in `ranges` inbox ranges
 /// (bound as user, device, lo, hi per range, NULL for none, then the c2c
-/// conversation type), as (user, device, msg_id, sender) rows. SQLite loops
+/// conversation type and the first system content type, bound for the same
+/// reason as in [`ack_sql`]), as (user, device, msg_id, sender) rows. SQLite loops
 /// over the ranges and reads each by the inbox's primary key; Postgres does
 /// this step inside [`ack_sql`].
 pub fn covered_sql(ranges: usize) -> String {
-    let conv = ranges * 4 + 1;
+    let (conv, content) = (ranges * 4 + 1, ranges * 4 + 2);
     format!(
         "WITH r (user_id, device, lo, hi) AS (VALUES {}) \
          SELECT r.user_id, r.device, m.id, m.sender FROM r \
          JOIN inbox i ON i.user_id = r.user_id JOIN messages m ON m.id = i.msg_id \
          WHERE i.seq > r.lo AND i.seq <= r.hi \
-         AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.{USER_CONTENT}",
+         AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.content_type < ${content}",
         sql::values(ranges, 4)
     )
 }
@@ -288,8 +295,14 @@ type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 
 /// Postgres: a batch of acknowledgements in one statement. Binds `rows`
 /// (user, device, ack) rows (NULL rows pad, see [`sql::padded_values`]),
-/// then the time, the c2c conversation type and the DELIVERED kind; returns
-/// the newly receipted (user, device, msg_id, sender) rows.
+/// then the time, the c2c conversation type, the DELIVERED kind and the
+/// first system content type; returns the newly receipted (user, device,
+/// msg_id, sender) rows.
+///
+/// The content condition is bound, not the literal of the partial history
+/// indexes ([`USER_CONTENT`]): with the literal, a plan made while the
+/// tables were empty read each covered row's message through a scan of such
+/// an index instead of by key, and stayed that way as the tables grew.
 ///
 /// The same steps as the SQLite path, as CTEs: each ack's newly covered
 /// range `(cursor, min(ack, newest)]`; the cursor moved (never back); the
@@ -301,7 +314,7 @@ type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 /// whether or not the query reads them. Acks must be one per device
 /// ([`newest_per_device`]): an upsert may not touch a row twice.
 pub fn ack_sql(rows: usize) -> String {
-    let (now, conv, kind) = (rows * 3 + 1, rows * 3 + 2, rows * 3 + 3);
+    let (now, conv, kind, content) = (rows * 3 + 1, rows * 3 + 2, rows * 3 + 3, rows * 3 + 4);
     format!(
         "WITH a (user_id, device, ack) AS (VALUES {values}), \
          r AS MATERIALIZED (\
@@ -318,7 +331,8 @@ pub fn ack_sql(rows: usize) -> String {
            SELECT r.user_id, r.device, c.id, c.sender FROM r CROSS JOIN LATERAL (\
              SELECT m.id, m.sender FROM inbox i JOIN messages m ON m.id = i.msg_id \
              WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
-             AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.{USER_CONTENT} OFFSET 0) c), \
+             AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.content_type < ${content} \
+             OFFSET 0) c), \
          fresh AS (\
            INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
            SELECT id, user_id, device, ${kind}, ${now} FROM covered \

@@ -48,7 +48,7 @@ impl Store {
     /// Which of `ids` are registered users.
     pub async fn existing_users(&self, ids: &[i64]) -> Result<HashSet<i64>, StoreError> {
         let mut found = HashSet::new();
-        for chunk in ids.chunks(sql::MAX_ROWS_PER_INSERT) {
+        for chunk in ids.chunks(sql::rows_for(self.backend(), 1)) {
             let q = format!(
                 "SELECT id FROM users WHERE id IN ({})",
                 sql::list(chunk.len(), 1)

@@ -4,6 +4,39 @@
 /// parameter limits of both backends (SQLite 32766, Postgres 65535).
 pub const MAX_ROWS_PER_INSERT: usize = 512;
 
+/// Most bind parameters in one multi-row statement on SQLite. sqlx binds a
+/// SQLite statement by asking for each parameter's name
+/// (`sqlite3_bind_parameter_name`), which scans the statement's parameter
+/// list: binding is quadratic in the parameters of one statement. A batch
+/// of 256 messages and their receipts, padded to 512 rows of seven columns,
+/// spent over half of the single-node server's CPU there; statements of
+/// at most this many parameters keep it linear in the batch.
+pub const SQLITE_MAX_PARAMS: usize = 256;
+
+/// Rows of `cols` parameters each per multi-row statement on `conn`: a
+/// power of two (so padding adds nothing), at most [`MAX_ROWS_PER_INSERT`],
+/// and on SQLite at most [`SQLITE_MAX_PARAMS`] parameters.
+pub fn rows_per_statement(conn: &sqlx::AnyConnection, cols: usize) -> usize {
+    let backend = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        super::Backend::Sqlite
+    } else {
+        super::Backend::Postgres
+    };
+    rows_for(backend, cols)
+}
+
+/// [`rows_per_statement`] for a backend.
+pub fn rows_for(backend: super::Backend, cols: usize) -> usize {
+    match backend {
+        super::Backend::Sqlite => {
+            let fit = (SQLITE_MAX_PARAMS / cols.max(1)).max(1);
+            // The largest power of two that fits.
+            1 << (usize::BITS - 1 - fit.leading_zeros())
+        }
+        super::Backend::Postgres => MAX_ROWS_PER_INSERT,
+    }
+}
+
 /// Ids bound to an `IN (...)` list, padded by repeating the last one to a
 /// power of two: every batch size then reuses one of ten statement shapes,
 /// which stay prepared, instead of a new shape (parsed and planned anew)
@@ -88,5 +121,15 @@ mod tests {
         assert_eq!(pad(&[1, 2, 3]), vec![1, 2, 3, 3]);
         assert_eq!(pad(&[1, 2, 3, 4, 5]), vec![1, 2, 3, 4, 5, 5, 5, 5]);
         assert_eq!(super::padded_len(512), 512);
+    }
+
+    #[test]
+    fn sqlite_statements_stay_small() {
+        use super::super::Backend::{Postgres, Sqlite};
+        assert_eq!(super::rows_for(Sqlite, 7), 32);
+        assert_eq!(super::rows_for(Sqlite, 3), 64);
+        assert_eq!(super::rows_for(Sqlite, 1), 256);
+        assert_eq!(super::rows_for(Sqlite, 1000), 1);
+        assert_eq!(super::rows_for(Postgres, 7), super::MAX_ROWS_PER_INSERT);
     }
 }
