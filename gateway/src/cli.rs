@@ -12,6 +12,10 @@ pub struct GatewayArgs {
     /// Client TCP listener.
     #[arg(long, env = "IM_TCP_ADDR", default_value = "0.0.0.0:7000")]
     pub tcp_addr: std::net::SocketAddr,
+    /// Accept queue of the client listeners (the kernel caps it at
+    /// `net.core.somaxconn`): room for a reconnect storm's SYNs.
+    #[arg(long, env = "IM_LISTEN_BACKLOG", default_value_t = 4096)]
+    pub listen_backlog: u32,
     /// Largest frame body in bytes (also the largest message body).
     #[arg(long, env = "IM_MAX_BODY", default_value_t = 64 * 1024)]
     pub max_body: usize,

@@ -75,11 +75,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let gw = Gateway::new(cfg, logic, routes, shutdown.clone(), readiness.clone());
 
-    let tcp = tokio::net::TcpListener::bind(cli.gateway.tcp_addr)
-        .await
+    let tcp = im_gateway::tcp::listen(cli.gateway.tcp_addr, cli.gateway.listen_backlog)
         .with_context(|| format!("failed to bind {}", cli.gateway.tcp_addr))?;
-    let http = tokio::net::TcpListener::bind(cli.http_addr)
-        .await
+    // WebSocket clients reconnect in storms too.
+    let http = im_gateway::tcp::listen(cli.http_addr, cli.gateway.listen_backlog)
         .with_context(|| format!("failed to bind {}", cli.http_addr))?;
     let servers_stop = CancellationToken::new();
     let app = ws::router(gw.clone()).merge(admin_router(readiness.clone()));

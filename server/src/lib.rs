@@ -154,11 +154,10 @@ pub async fn start(
     );
     let _ = local.0.set(gw.clone());
 
-    let tcp = tokio::net::TcpListener::bind(args.gateway.tcp_addr)
-        .await
+    let tcp = im_gateway::tcp::listen(args.gateway.tcp_addr, args.gateway.listen_backlog)
         .with_context(|| format!("failed to bind {}", args.gateway.tcp_addr))?;
-    let http = tokio::net::TcpListener::bind(args.http_addr)
-        .await
+    // WebSocket clients reconnect in storms too.
+    let http = im_gateway::tcp::listen(args.http_addr, args.gateway.listen_backlog)
         .with_context(|| format!("failed to bind {}", args.http_addr))?;
     let bound = Bound {
         tcp: tcp.local_addr()?,
