@@ -75,6 +75,11 @@ async fn exercise(store: &Store) {
     assert_eq!(&page[0].body[..], b"body 1");
     let (page, more) = store.pull(b, 1, 10).await.unwrap();
     assert_eq!((page.len(), more, page[0].seq), (1, false, 2));
+    // A cursor past the end (even past i64::MAX) is an empty page, not the start.
+    for after in [2, 3, i64::MAX as u64, u64::MAX] {
+        let (page, more) = store.pull(b, after, 10).await.unwrap();
+        assert!(page.is_empty() && !more, "after {after}: {page:?}");
+    }
     // SQL-ish text is data.
     let evil = "'); DELETE FROM inbox; --";
     let out = store.commit_batch(&[msg(b, a, evil)], 3000).await.unwrap();
