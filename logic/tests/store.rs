@@ -10,6 +10,31 @@ use im_proto::client::{ConversationType, ErrorCode};
 use im_proto::client::{Receipt, ReceiptKind, SystemContentType};
 use im_proto::prost::Message as _;
 
+/// Two tests running `$check` on a store: `$sqlite` on a SQLite file,
+/// `$postgres` on a fresh Postgres database named after `$db`.
+macro_rules! on_both_backends {
+    ($($sqlite:ident, $postgres:ident: $check:ident, $db:literal;)*) => {$(
+        #[tokio::test]
+        async fn $sqlite() {
+            let (store, _dir) = common::sqlite().await;
+            $check(&store).await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let store = common::postgres($db).await;
+            $check(&store).await;
+        }
+    )*};
+}
+
+on_both_backends! {
+    store_semantics_sqlite, store_semantics_postgres: exercise, "im_store";
+    retransmit_among_new_sqlite, retransmit_among_new_postgres: retransmit_among_new, "im_retx";
+    messages_with_acks_sqlite, messages_with_acks_postgres: messages_with_acks, "im_store";
+    batching_sqlite, batching_postgres: batching, "im_batch";
+}
+
 fn msg(sender: i64, to: i64, id: &str) -> NewMessage {
     NewMessage {
         sender,
@@ -126,18 +151,6 @@ async fn exercise(store: &Store) {
     assert_eq!(r.msg_ids, vec![evil_id]);
 }
 
-#[tokio::test]
-async fn store_semantics_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    exercise(&store).await;
-}
-
-#[tokio::test]
-async fn store_semantics_postgres() {
-    let store = common::postgres("im_store").await;
-    exercise(&store).await;
-}
-
 /// A batch that holds a retransmit of a stored message beside new ones: the
 /// retransmit gets its original acknowledgement, the new ones dense
 /// sequences after everything before (no sequence is taken for the copy
@@ -174,18 +187,6 @@ async fn retransmit_among_new(store: &Store) {
     let out = store.commit_batch(&[msg(a, b, "x5")], 30).await.unwrap();
     assert_eq!(out.results[0].as_ref().unwrap().sender_seq, 5);
     assert_eq!(store.max_seq(b).await.unwrap(), 5);
-}
-
-#[tokio::test]
-async fn retransmit_among_new_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    retransmit_among_new(&store).await;
-}
-
-#[tokio::test]
-async fn retransmit_among_new_postgres() {
-    let store = common::postgres("im_retx").await;
-    retransmit_among_new(&store).await;
 }
 
 /// Messages and acknowledgements in one transaction on a writer's own
@@ -237,18 +238,6 @@ async fn messages_with_acks(store: &Store) {
     let (page, _) = store.pull(a, 0, 10).await.unwrap();
     let got: Vec<(u64, i64)> = page.iter().map(|m| (m.seq, m.from)).collect();
     assert_eq!(got, [(1, a), (2, a), (3, b), (4, b), (5, b)]);
-}
-
-#[tokio::test]
-async fn messages_with_acks_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    messages_with_acks(&store).await;
-}
-
-#[tokio::test]
-async fn messages_with_acks_postgres() {
-    let store = common::postgres("im_store").await;
-    messages_with_acks(&store).await;
 }
 
 /// What batching must not change: the policy per message, dense sequences
@@ -397,16 +386,32 @@ async fn batching(store: &Store) {
     }
 }
 
-#[tokio::test]
-async fn batching_sqlite() {
-    let (store, _dir) = common::sqlite().await;
-    batching(&store).await;
+/// A fresh Postgres database for a plan test: one sender and `n`
+/// recipients, and `rounds` batches of 1,000 messages from the sender to
+/// the recipients in turn.
+async fn plan_fixture(n: usize, rounds: usize) -> (Store, i64, Vec<i64>) {
+    let store = common::postgres("im_plan").await;
+    let s = store.create_user("s", "h", 0).await.unwrap();
+    let mut users = Vec::new();
+    for i in 0..n {
+        users.push(store.create_user(&format!("r{i}"), "h", 0).await.unwrap());
+    }
+    for round in 0..rounds {
+        let items: Vec<NewMessage> = (0..1000)
+            .map(|i| msg(s, users[i % n], &format!("{round}-{i}")))
+            .collect();
+        store.commit_batch(&items, 1).await.unwrap();
+    }
+    (store, s, users)
 }
 
-#[tokio::test]
-async fn batching_postgres() {
-    let store = common::postgres("im_batch").await;
-    batching(&store).await;
+/// The text of an `EXPLAIN`'s rows.
+fn plan_text(rows: &[sqlx::any::AnyRow]) -> String {
+    use sqlx::Row;
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The acknowledgement query reads each acknowledged range through the inbox
@@ -415,52 +420,28 @@ async fn batching_postgres() {
 #[tokio::test]
 async fn acks_read_inbox_ranges_by_index_on_postgres() {
     use im_logic::store::receipts::ack_sql;
-    use sqlx::Row;
-    let store = common::postgres("im_plan").await;
-    let s = store.create_user("s", "h", 0).await.unwrap();
-    let mut users = Vec::new();
-    for i in 0..100 {
-        users.push(store.create_user(&format!("r{i}"), "h", 0).await.unwrap());
-    }
-    for round in 0..40 {
-        let items: Vec<NewMessage> = (0..1000)
-            .map(|i| msg(s, users[i % 100], &format!("{round}-{i}")))
-            .collect();
-        store.commit_batch(&items, 1).await.unwrap();
-    }
+    let (store, _, users) = plan_fixture(100, 40).await;
     sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
     // Each device acks up to 390 (run), then up to 400 (explained).
     let n = 64;
     let mut conn = store.pool().acquire().await.unwrap();
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(ack_sql(n)));
-    for u in &users[..n] {
-        query = query.bind(*u).bind(1i64).bind(390i64);
-    }
-    let rows = query
-        .bind(5i64)
-        .bind(ConversationType::C2c as i64)
-        .bind(1i64)
-        .bind(0xF000i64)
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap();
+    let mut ack_all = async |explain: &str, seq: i64| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("{explain}{}", ack_sql(n))));
+        for u in &users[..n] {
+            query = query.bind(*u).bind(1i64).bind(seq);
+        }
+        query
+            .bind(5i64)
+            .bind(ConversationType::C2c as i64)
+            .bind(1i64)
+            .bind(0xF000i64)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+    };
+    let rows = ack_all("", 390).await;
     assert_eq!(rows.len(), n * 390, "a receipt per covered message");
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {}", ack_sql(n))));
-    for u in &users[..n] {
-        query = query.bind(*u).bind(1i64).bind(400i64);
-    }
-    let plan: Vec<String> = query
-        .bind(5i64)
-        .bind(ConversationType::C2c as i64)
-        .bind(1i64)
-        .bind(0xF000i64)
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.try_get::<String, _>(0).unwrap())
-        .collect();
-    let plan = plan.join("\n");
+    let plan = plan_text(&ack_all("EXPLAIN ", 400).await);
     assert!(!plan.contains("Seq Scan on inbox"), "{plan}");
     assert!(plan.contains("inbox_pkey"), "{plan}");
 }
@@ -471,19 +452,7 @@ async fn acks_read_inbox_ranges_by_index_on_postgres() {
 #[tokio::test]
 async fn history_reads_the_partial_indexes_on_postgres() {
     use im_logic::store::history::history_c2c_sql;
-    use sqlx::Row;
-    let store = common::postgres("im_plan").await;
-    let s = store.create_user("s", "h", 0).await.unwrap();
-    let mut users = Vec::new();
-    for i in 0..1000 {
-        users.push(store.create_user(&format!("r{i}"), "h", 0).await.unwrap());
-    }
-    for round in 0..20 {
-        let items: Vec<NewMessage> = (0..1000)
-            .map(|i| msg(s, users[i], &format!("{round}-{i}")))
-            .collect();
-        store.commit_batch(&items, 1).await.unwrap();
-    }
+    let (store, s, users) = plan_fixture(1000, 20).await;
     let acks: Vec<DeviceAck> = users
         .iter()
         .take(100)
@@ -496,22 +465,20 @@ async fn history_reads_the_partial_indexes_on_postgres() {
     store.commit_acks(&acks, 2).await.unwrap();
     let pool = store.pool();
     sqlx::query("ANALYZE").execute(pool).await.unwrap();
-    let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN {}",
-        history_c2c_sql()
-    )))
-    .bind(ConversationType::C2c as i64)
-    .bind(i64::MAX)
-    .bind(s)
-    .bind(users[7])
-    .bind(20i64)
-    .fetch_all(pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| r.try_get::<String, _>(0).unwrap())
-    .collect();
-    let plan = plan.join("\n");
+    let plan = plan_text(
+        &sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN {}",
+            history_c2c_sql()
+        )))
+        .bind(ConversationType::C2c as i64)
+        .bind(i64::MAX)
+        .bind(s)
+        .bind(users[7])
+        .bind(20i64)
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+    );
     assert!(
         plan.contains("messages_pair") || plan.contains("messages_conv"),
         "{plan}"
@@ -537,7 +504,6 @@ async fn history_reads_the_partial_indexes_on_postgres() {
 #[tokio::test]
 async fn the_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tables() {
     use im_logic::store::receipts::ack_sql;
-    use sqlx::Row;
     let store = common::postgres("im_plan").await;
     store.create_user("a", "h", 0).await.unwrap();
     let mut conn = store.pool().acquire().await.unwrap();
@@ -557,15 +523,12 @@ async fn the_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tabl
             .unwrap();
     }
     let args = vec!["1"; params].join(", ");
-    let plan: Vec<String> =
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE ack ({args})")))
+    let plan = plan_text(
+        &sqlx::raw_sql(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE ack ({args})")))
             .fetch_all(&mut *conn)
             .await
-            .unwrap()
-            .iter()
-            .map(|r| r.try_get::<String, _>(0).unwrap())
-            .collect();
-    let plan = plan.join("\n");
+            .unwrap(),
+    );
     assert!(plan.contains("messages_pkey"), "{plan}");
     assert!(!plan.contains("messages_sender"), "{plan}");
 }
