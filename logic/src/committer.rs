@@ -175,8 +175,8 @@ async fn commit(
     let result = store
         .commit_with_acks_on(conn, items, acks, im_proto::now_ms())
         .await;
-    let acked = std::mem::take(acks).len();
-    acks.reserve(acked.min(MAX_ACKS));
+    let acked = acks.len();
+    acks.clear();
     match result {
         Ok((items, outcome)) => {
             if n > 0 {
@@ -186,8 +186,12 @@ async fn commit(
             let (origins, replies): (Vec<_>, Vec<_>) = tails.into_iter().unzip();
             for (m, r) in items.iter().zip(&outcome.results) {
                 if matches!(r, Ok(s) if !s.duplicate) {
-                    metrics::MESSAGES.with_label_values(&[kind(m)]).inc();
-                    metrics::FANOUT.observe((m.recipients.len() + 1) as f64);
+                    let kind = kind(m);
+                    metrics::MESSAGES.with_label_values(&[kind]).inc();
+                    // Fan-out is about the users' messages, not their receipts.
+                    if kind != "receipt" {
+                        metrics::FANOUT.observe((m.recipients.len() + 1) as f64);
+                    }
                 }
             }
             for (reply, result) in replies.into_iter().zip(outcome.results) {

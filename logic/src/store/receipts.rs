@@ -77,7 +77,7 @@ impl Store {
     }
 
     /// Every acknowledgement of a batch in a fixed number of statements per
-    /// 512 devices (one on Postgres, four on SQLite): read sequences and
+    /// chunk of devices (one per 512 on Postgres, four per 64 on SQLite): read sequences and
     /// cursors, find the newly covered messages, record receipts, move
     /// cursors. Returns the receipt messages to store, in the acks' order.
     async fn apply_acks(
@@ -91,13 +91,14 @@ impl Store {
         // The SQLite range query binds four parameters per ack.
         let rows = sql::rows_for(self.backend(), 4);
         for chunk in acks.chunks(rows) {
-            let newly = match self.backend() {
+            let mut newly = match self.backend() {
                 super::Backend::Postgres => self.acks_in_one_statement(tx, chunk, now_ms).await?,
                 super::Backend::Sqlite => self.acks_step_by_step(tx, chunk, now_ms).await?,
             };
+            // One ack per device (above), so each entry is taken once.
             for a in chunk {
-                if let Some(pairs) = newly.get(&(a.user, i64::from(a.device))) {
-                    receipts.extend(receipt_messages(a.user, a.device, pairs.clone()));
+                if let Some(pairs) = newly.remove(&(a.user, i64::from(a.device))) {
+                    receipts.extend(receipt_messages(a.user, a.device, pairs));
                 }
             }
         }
