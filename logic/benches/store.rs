@@ -50,10 +50,11 @@ fn commit_batches(
     (store, users): &(Store, Vec<i64>),
     sizes: &[usize],
 ) {
-    // Dropped last: the kept connection goes back to the pool on the runtime.
+    // Dropped last: the kept connection closes on the runtime.
     let _rt = rt.enter();
     let next = AtomicU64::new(0);
-    let held = std::cell::RefCell::new(WriterConn::default());
+    // The committer's connection: its own on Postgres, pooled on SQLite.
+    let held = std::cell::RefCell::new(WriterConn::dedicated());
     let mut g = c.benchmark_group(name);
     for &size in sizes {
         g.throughput(Throughput::Elements(size as u64));

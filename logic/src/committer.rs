@@ -104,7 +104,7 @@ impl Committer {
 }
 
 /// Runs a writer loop on a thread of its own with a single-threaded runtime.
-/// A transaction is a dozen round trips to the database, one after the
+/// A transaction is about eight round trips to the database, one after the
 /// other; on the shared runtime each reply waited for a worker busy with
 /// gRPC and pushes to poll for it (~0.2 ms a round trip at 5,000 msg/s,
 /// against ~0.03 ms here), and the writer is the path every message takes.
