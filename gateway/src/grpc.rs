@@ -3,7 +3,8 @@
 //! one long-lived stream per logic endpoint.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::discovery::{self, Resolver, Sticky, Target};
 use crate::gateway::Gateway;
 
 /// The `Gateway` gRPC service.
@@ -43,47 +45,123 @@ struct UpStream {
     alive: AtomicBool,
 }
 
-struct LogicEndpoint {
+/// One logic address and the stream to it.
+pub struct LogicEndpoint {
     addr: String,
+    key: u64,
     client: LogicClient<Channel>,
     // Replaced when the stream breaks; a tokio mutex because opening awaits.
     stream: tokio::sync::Mutex<Option<Arc<UpStream>>>,
 }
 
-/// [`LogicApi`] over gRPC. A user's requests always use the same endpoint
-/// (while it is up), which keeps each connection's sends in order.
+impl LogicEndpoint {
+    fn new(addr: &str) -> Result<LogicEndpoint, ApiError> {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| ApiError::bad_request(format!("bad logic address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        Ok(LogicEndpoint {
+            addr: addr.to_string(),
+            key: discovery::endpoint_key(addr),
+            client: LogicClient::new(endpoint.connect_lazy()),
+            stream: tokio::sync::Mutex::new(None),
+        })
+    }
+}
+
+/// [`LogicApi`] over gRPC, to every endpoint the configured addresses
+/// resolve to (see [`crate::discovery`]). A user's requests go to the
+/// endpoint that ranks first for them (while it is up), and stay on it
+/// while any is in flight, which keeps each connection's sends in order.
 pub struct GrpcLogic {
-    endpoints: Vec<LogicEndpoint>,
+    targets: Vec<Target>,
+    resolver: Resolver,
+    endpoints: RwLock<Arc<Vec<Arc<LogicEndpoint>>>>,
+    sticky: Sticky<LogicEndpoint>,
     next_req: AtomicU64,
     round_robin: AtomicUsize,
 }
 
 impl GrpcLogic {
+    /// A client of `addrs` as given; [`GrpcLogic::refresh`] resolves them.
     pub fn new(addrs: &[String]) -> Result<GrpcLogic, ApiError> {
+        GrpcLogic::with_resolver(addrs, discovery::dns_resolver())
+    }
+
+    pub fn with_resolver(addrs: &[String], resolver: Resolver) -> Result<GrpcLogic, ApiError> {
+        let targets = addrs
+            .iter()
+            .map(|a| Target::parse(a))
+            .collect::<Result<Vec<_>, _>>()?;
         let endpoints = addrs
             .iter()
-            .map(|a| {
-                let endpoint = Endpoint::from_shared(a.clone())
-                    .map_err(|e| ApiError::bad_request(format!("bad logic address {a}: {e}")))?
-                    .connect_timeout(std::time::Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(std::time::Duration::from_secs(10));
-                Ok(LogicEndpoint {
-                    addr: a.clone(),
-                    client: LogicClient::new(endpoint.connect_lazy()),
-                    stream: tokio::sync::Mutex::new(None),
-                })
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
+            .map(|a| LogicEndpoint::new(a).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
             return Err(ApiError::bad_request(
                 "at least one logic address is needed",
             ));
         }
         Ok(GrpcLogic {
-            endpoints,
+            targets,
+            resolver,
+            endpoints: RwLock::new(Arc::new(endpoints)),
+            sticky: Sticky::default(),
             next_req: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
+        })
+    }
+
+    /// The endpoints in use now.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.snapshot().iter().map(|e| e.addr.clone()).collect()
+    }
+
+    fn snapshot(&self) -> Arc<Vec<Arc<LogicEndpoint>>> {
+        self.endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Resolves the configured addresses again and uses what they resolve
+    /// to now (keeping the streams of endpoints still there); keeps the
+    /// current endpoints when nothing resolves. Returns whether they changed.
+    pub async fn refresh(&self) -> bool {
+        let Some(found) = discovery::resolve_all(&self.targets, &self.resolver).await else {
+            return false;
+        };
+        let current = self.snapshot();
+        if current.iter().map(|e| &e.addr).eq(found.iter()) {
+            return false;
+        }
+        let next: Vec<Arc<LogicEndpoint>> = found
+            .iter()
+            .filter_map(|a| match current.iter().find(|e| &e.addr == a) {
+                Some(e) => Some(e.clone()),
+                None => LogicEndpoint::new(a).map(Arc::new).ok(),
+            })
+            .collect();
+        if next.is_empty() {
+            return false;
+        }
+        tracing::info!(endpoints = ?found, "logic endpoints changed");
+        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        true
+    }
+
+    /// Re-resolves every `every` until the client is dropped.
+    pub fn spawn_discovery(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(logic) = weak.upgrade() else { return };
+                logic.refresh().await;
+            }
         })
     }
 
@@ -136,20 +214,28 @@ impl GrpcLogic {
         Ok(stream)
     }
 
-    /// Endpoints to try for a user, preferred first.
-    fn order(&self, key: u64) -> impl Iterator<Item = &LogicEndpoint> {
-        let n = self.endpoints.len();
-        let start = (key % n as u64) as usize;
-        (0..n).map(move |i| &self.endpoints[(start + i) % n])
+    /// Endpoints to try for a user, preferred first: the one its requests
+    /// in flight went to (even if no longer resolved: it still answers
+    /// them), then by rank.
+    fn order(&self, user: i64) -> Vec<Arc<LogicEndpoint>> {
+        let mut eps: Vec<Arc<LogicEndpoint>> = self.snapshot().as_ref().clone();
+        discovery::rank(user, &mut eps, |e| e.key);
+        if let Some(held) = self.sticky.get(user) {
+            eps.retain(|e| !Arc::ptr_eq(e, &held));
+            eps.insert(0, held);
+        }
+        eps
     }
 }
 
 #[async_trait]
 impl LogicApi for GrpcLogic {
     async fn auth(&self, req: AuthRequest) -> Result<AuthReply, ApiError> {
-        let key = self.round_robin.fetch_add(1, Ordering::Relaxed) as u64;
+        let eps = self.snapshot();
+        let start = self.round_robin.fetch_add(1, Ordering::Relaxed);
         let mut last = ApiError::unavailable("no logic endpoint reachable");
-        for ep in self.order(key) {
+        for i in 0..eps.len() {
+            let ep = &eps[(start + i) % eps.len()];
             match ep.client.clone().auth(req.clone()).await {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) => {
@@ -168,8 +254,9 @@ impl LogicApi for GrpcLogic {
         let req_id = self.next_req.fetch_add(1, Ordering::Relaxed);
         req.req_id = req_id;
         let mut last = ApiError::unavailable("no logic endpoint reachable");
-        for ep in self.order(req.user_id.unsigned_abs()) {
-            let stream = match self.stream(ep).await {
+        let user = req.user_id;
+        for ep in self.order(user) {
+            let stream = match self.stream(&ep).await {
                 Ok(s) => s,
                 Err(e) => {
                     last = e;
@@ -191,12 +278,211 @@ impl LogicApi for GrpcLogic {
                 last = ApiError::unavailable("logic stream closed");
                 continue;
             }
+            let in_flight = self.sticky.hold(user, &ep);
             return Box::pin(async move {
+                let _in_flight = in_flight;
                 rx.await.unwrap_or_else(|_| {
                     ApiError::unavailable("lost the logic connection; retry").into_reply(req_id)
                 })
             });
         }
         ready_reply(last.into_reply(req_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The logic client against two real gRPC servers standing in for logic
+    //! pods: each records which users' requests it got and can hold its
+    //! replies back.
+    use std::net::SocketAddr;
+
+    use im_proto::logic::logic_server::{Logic, LogicServer};
+    use tokio::sync::watch;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::Streaming;
+
+    use super::*;
+
+    #[derive(Clone)]
+    struct FakeLogic {
+        seen: Arc<Mutex<Vec<i64>>>,
+        // Replies wait while this is true.
+        hold: watch::Receiver<bool>,
+    }
+
+    #[async_trait]
+    impl Logic for FakeLogic {
+        async fn auth(&self, _: Request<AuthRequest>) -> Result<Response<AuthReply>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
+
+        type UpstreamStream = ReceiverStream<Result<UpReply, Status>>;
+
+        async fn upstream(
+            &self,
+            req: Request<Streaming<UpRequest>>,
+        ) -> Result<Response<Self::UpstreamStream>, Status> {
+            let mut inbound = req.into_inner();
+            let (tx, rx) = mpsc::channel(64);
+            let this = self.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(up)) = inbound.next().await {
+                    this.seen.lock().unwrap().push(up.user_id);
+                    let (tx, mut hold) = (tx.clone(), this.hold.clone());
+                    tokio::spawn(async move {
+                        let _ = hold.wait_for(|held| !held).await;
+                        let _ = tx
+                            .send(Ok(UpReply {
+                                req_id: up.req_id,
+                                ..UpReply::default()
+                            }))
+                            .await;
+                    });
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    struct Pod {
+        addr: SocketAddr,
+        seen: Arc<Mutex<Vec<i64>>>,
+        hold: watch::Sender<bool>,
+    }
+
+    impl Pod {
+        async fn start() -> Pod {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (hold, rx) = watch::channel(false);
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let svc = FakeLogic {
+                seen: seen.clone(),
+                hold: rx,
+            };
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(LogicServer::new(svc))
+                    .serve_with_incoming(TcpListenerStream::new(listener)),
+            );
+            Pod { addr, seen, hold }
+        }
+
+        fn take(&self) -> Vec<i64> {
+            std::mem::take(&mut *self.seen.lock().unwrap())
+        }
+    }
+
+    /// A resolver whose answer for every name the test sets.
+    fn fake_dns() -> (Resolver, Arc<Mutex<Vec<SocketAddr>>>) {
+        let answer: Arc<Mutex<Vec<SocketAddr>>> = Arc::default();
+        let a = answer.clone();
+        let resolver: Resolver = Arc::new(move |_host: String, _port: u16| {
+            let now = a.lock().unwrap().clone();
+            Box::pin(async move {
+                if now.is_empty() {
+                    Err(std::io::Error::other("NXDOMAIN"))
+                } else {
+                    Ok(now)
+                }
+            })
+        });
+        (resolver, answer)
+    }
+
+    fn request(user: i64) -> UpRequest {
+        UpRequest {
+            user_id: user,
+            ..UpRequest::default()
+        }
+    }
+
+    async fn send_all(logic: &GrpcLogic, users: impl Iterator<Item = i64>) {
+        for u in users {
+            let reply = logic.submit(request(u)).await.await;
+            assert_eq!(reply.code, 0, "{reply:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn follows_the_pods_the_name_resolves_to() {
+        let (a, b) = (Pod::start().await, Pod::start().await);
+        let (resolver, dns) = fake_dns();
+        let logic =
+            GrpcLogic::with_resolver(&["http://logic-headless.test:9000".to_string()], resolver)
+                .unwrap();
+        // Nothing resolves yet: the address as given is kept.
+        assert!(!logic.refresh().await);
+        assert_eq!(logic.endpoints(), ["http://logic-headless.test:9000"]);
+
+        *dns.lock().unwrap() = vec![a.addr];
+        assert!(logic.refresh().await);
+        send_all(&logic, 1..=200).await;
+        assert_eq!(a.take().len(), 200);
+
+        // A second pod appears: it takes part of the users, and the same
+        // users again (requests are keyed by user, not spread per request).
+        *dns.lock().unwrap() = vec![b.addr, a.addr];
+        assert!(logic.refresh().await);
+        assert!(!logic.refresh().await, "unchanged");
+        send_all(&logic, 1..=200).await;
+        let (on_a, on_b) = (a.take(), b.take());
+        assert!(
+            (60..=140).contains(&on_b.len()),
+            "pod b got {} of 200",
+            on_b.len()
+        );
+        send_all(&logic, 1..=200).await;
+        assert_eq!((a.take(), b.take()), (on_a, on_b));
+
+        // The name stops resolving (no ready pod): keep what we had.
+        dns.lock().unwrap().clear();
+        assert!(!logic.refresh().await);
+        assert_eq!(logic.endpoints().len(), 2);
+
+        // Pod a goes away: everyone is on b.
+        *dns.lock().unwrap() = vec![b.addr];
+        assert!(logic.refresh().await);
+        send_all(&logic, 1..=200).await;
+        assert!(a.take().is_empty());
+        assert_eq!(b.take().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_user_with_requests_in_flight_stays_on_their_pod() {
+        let (a, b) = (Pod::start().await, Pod::start().await);
+        let (resolver, dns) = fake_dns();
+        let logic =
+            GrpcLogic::with_resolver(&["http://logic-headless.test:9000".to_string()], resolver)
+                .unwrap();
+        *dns.lock().unwrap() = vec![a.addr];
+        logic.refresh().await;
+        // A user who will rank b first once b exists.
+        let b_url = format!("http://{}", b.addr);
+        let a_url = format!("http://{}", a.addr);
+        let user = (1..1000)
+            .find(|&u| {
+                discovery::score(u, discovery::endpoint_key(&b_url))
+                    > discovery::score(u, discovery::endpoint_key(&a_url))
+            })
+            .unwrap();
+
+        a.hold.send_replace(true);
+        let first = logic.submit(request(user)).await;
+        *dns.lock().unwrap() = vec![a.addr, b.addr];
+        assert!(logic.refresh().await);
+        // Still in flight on a: the next one follows it there.
+        let second = logic.submit(request(user)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(a.take(), [user, user]);
+        assert!(b.take().is_empty());
+        a.hold.send_replace(false);
+        assert_eq!(first.await.code, 0);
+        assert_eq!(second.await.code, 0);
+        // Answered: now it moves to b.
+        send_all(&logic, [user].into_iter()).await;
+        assert_eq!(b.take(), [user]);
+        assert!(logic.sticky.is_empty());
     }
 }

@@ -10,6 +10,8 @@
 //!   registration in the route table, drain on shutdown.
 //! - [`grpc`]: the `Gateway` gRPC service and [`grpc::GrpcLogic`], the logic
 //!   client multiplexing upstream frames over long-lived streams.
+//! - [`discovery`]: the logic endpoints (re-resolved in DNS) and which one
+//!   serves a user.
 //! - [`window`]: the retransmit window (pure): held pushes, backoff, give-up.
 //! - [`metrics`]: `im_gateway_*` Prometheus metrics.
 //!
@@ -19,6 +21,7 @@
 
 pub mod cli;
 pub mod conn;
+pub mod discovery;
 pub mod gateway;
 pub mod grpc;
 pub mod io;

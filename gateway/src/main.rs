@@ -37,6 +37,11 @@ struct Cli {
         default_value = "http://127.0.0.1:9000"
     )]
     logic_addrs: Vec<String>,
+    /// Seconds between DNS lookups of the logic addresses; the gateway keeps
+    /// a stream to every address they resolve to (point it at a headless
+    /// Service). 0: connect to the addresses as given.
+    #[arg(long, env = "IM_LOGIC_RESOLVE_SECS", default_value_t = 5)]
+    logic_resolve_secs: u64,
     #[arg(long, env = "IM_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     #[arg(long, env = "IM_REDIS_PREFIX", default_value = "im:")]
@@ -71,6 +76,11 @@ async fn main() -> anyhow::Result<()> {
             .context("failed to connect to Redis")?,
     );
     let logic = Arc::new(GrpcLogic::new(&cli.logic_addrs).map_err(anyhow::Error::msg)?);
+    if cli.logic_resolve_secs > 0 {
+        logic.refresh().await;
+        logic.spawn_discovery(Duration::from_secs(cli.logic_resolve_secs));
+    }
+    tracing::info!(endpoints = ?logic.endpoints(), "logic endpoints");
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
     let gw = Gateway::new(cfg, logic, routes, shutdown.clone(), readiness.clone());

@@ -83,6 +83,10 @@ pub fn dump_to_dir(out: &Path, input: Option<&Path>) -> Result<Vec<PathBuf>, Dum
         write(&format!("{component}-service.yaml"), yaml(&objects.service))?;
         write(&format!("{component}-pdb.yaml"), yaml(&objects.pdb))?;
     }
+    write(
+        "logic-headless-service.yaml",
+        yaml(&children.logic_headless),
+    )?;
     Ok(written)
 }
 
@@ -94,10 +98,14 @@ mod tests {
     fn dump_writes_every_child_with_api_version_and_kind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = dump_to_dir(dir.path(), None).expect("dump");
-        assert_eq!(files.len(), 9);
+        assert_eq!(files.len(), 10);
         let deployment =
             std::fs::read_to_string(dir.path().join("gateway-deployment.yaml")).expect("read");
         assert!(deployment.contains("apiVersion: apps/v1"), "{deployment}");
         assert!(deployment.contains("kind: Deployment"), "{deployment}");
+        let headless =
+            std::fs::read_to_string(dir.path().join("logic-headless-service.yaml")).expect("read");
+        assert!(headless.contains("kind: Service"), "{headless}");
+        assert!(headless.contains("clusterIP: None"), "{headless}");
     }
 }

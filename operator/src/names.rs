@@ -34,6 +34,11 @@ pub fn workload_name(cluster: &str, component: Component) -> String {
     format!("{cluster}-{component}")
 }
 
+/// Name of a component's headless Service (DNS resolves to one address per ready pod).
+pub fn headless_name(cluster: &str, component: Component) -> String {
+    format!("{cluster}-{component}-headless")
+}
+
 /// Name of a component's ConfigMap.
 pub fn config_name(cluster: &str, component: Component) -> String {
     format!("{cluster}-{component}-config")

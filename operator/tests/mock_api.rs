@@ -41,6 +41,10 @@ async fn create_applies_every_child_and_writes_status() {
         );
         assert_eq!(gw["metadata"]["ownerReferences"][0]["kind"], "ImCluster");
         assert_eq!(applied["Service/chat-gateway"]["spec"]["type"], "ClusterIP");
+        assert_eq!(
+            applied["Service/chat-logic-headless"]["spec"]["clusterIP"],
+            "None"
+        );
         let status = api.expect_status(&expected).await;
         assert_eq!(status.observed_generation, Some(1));
         assert_eq!(status.gateways_ready.as_deref(), Some("0/2"));

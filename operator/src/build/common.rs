@@ -65,11 +65,13 @@ pub fn build_config_map(owner: &Owner, component: Component, spec: &ImClusterSpe
     }
 }
 
-/// The gRPC address gateways use to reach logic: the logic Service.
+/// The gRPC address gateways use to reach logic: the logic headless Service, which
+/// resolves to every ready logic pod (gateways re-resolve it and connect to each address;
+/// a ClusterIP would pin each gateway's one HTTP/2 connection to a single pod).
 pub fn logic_address(owner: &Owner) -> String {
     format!(
         "http://{}.{}.svc:{LOGIC_GRPC_PORT}",
-        names::workload_name(&owner.name, Component::Logic),
+        names::headless_name(&owner.name, Component::Logic),
         owner.namespace
     )
 }
@@ -278,11 +280,14 @@ mod tests {
     }
 
     #[test]
-    fn gateway_config_points_at_the_logic_service() {
+    fn gateway_config_points_at_the_logic_headless_service() {
         let owner = Owner::of(&sample_cluster()).expect("owner");
         let cm = build_config_map(&owner, Component::Gateway, &sample_cluster().spec);
         let data = cm.data.expect("data");
-        assert_eq!(data["IM_LOGIC_ADDRS"], "http://chat-logic.im.svc:9000");
+        assert_eq!(
+            data["IM_LOGIC_ADDRS"],
+            "http://chat-logic-headless.im.svc:9000"
+        );
         assert_eq!(data["IM_TCP_ADDR"], "0.0.0.0:7000");
         assert_eq!(data["IM_HTTP_ADDR"], "0.0.0.0:7001");
         assert_eq!(data["IM_GRPC_ADDR"], "0.0.0.0:9100");

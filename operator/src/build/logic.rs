@@ -1,4 +1,5 @@
-//! The logic Deployment and its in-cluster Service (gRPC for gateways, REST for apps). Pure.
+//! The logic Deployment, its in-cluster ClusterIP Service (REST for apps) and its headless
+//! gRPC Service (gateways). Pure.
 
 use im_crds::{Component, ImClusterSpec};
 use k8s_openapi::{
@@ -85,7 +86,8 @@ pub fn build_deployment(
     }
 }
 
-/// The ClusterIP Service gateways and apps reach logic through.
+/// The ClusterIP Service apps (REST) and other in-cluster clients reach logic through.
+/// Gateways use [`build_headless_service`] instead.
 pub fn build_service(owner: &Owner) -> Service {
     let component = Component::Logic;
     let service_port = |name: &str, port: i32| ServicePort {
@@ -108,6 +110,40 @@ pub fn build_service(owner: &Owner) -> Service {
                 service_port("http", LOGIC_HTTP_PORT),
                 service_port("grpc", LOGIC_GRPC_PORT),
             ]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The headless Service gateways reach logic's gRPC port through.
+///
+/// A gateway keeps one long-lived HTTP/2 connection per logic address. Behind a ClusterIP
+/// the one virtual IP is balanced per TCP connection, so each gateway would stay pinned to
+/// a single logic pod and pods added later would get no gateway traffic. Without a cluster
+/// IP, the Service name resolves in DNS to every ready logic pod; gateways re-resolve it
+/// and keep a stream to each address. Pods that are not ready are not published, so a
+/// gateway never dials a pod that cannot serve yet.
+pub fn build_headless_service(owner: &Owner) -> Service {
+    let component = Component::Logic;
+    Service {
+        metadata: owner.meta(
+            names::headless_name(&owner.name, component),
+            names::component_labels(&owner.name, component),
+        ),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            cluster_ip: Some("None".into()),
+            selector: Some(names::selector_labels(&owner.name, component)),
+            ports: Some(vec![ServicePort {
+                name: Some("grpc".into()),
+                port: LOGIC_GRPC_PORT,
+                target_port: Some(IntOrString::String("grpc".into())),
+                protocol: Some("TCP".into()),
+                app_protocol: Some("kubernetes.io/h2c".into()),
+                ..ServicePort::default()
+            }]),
+            publish_not_ready_addresses: Some(false),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -147,5 +183,42 @@ mod tests {
             d.spec.selector.match_labels,
             Some(names::selector_labels("chat", Component::Logic))
         );
+    }
+
+    #[test]
+    fn headless_service_resolves_to_ready_logic_pods_on_grpc_only() {
+        let imc = sample_cluster();
+        let owner = Owner::of(&imc).expect("owner");
+        let cm = common::build_config_map(&owner, Component::Logic, &imc.spec);
+        let deployment = build_deployment(&owner, &imc.spec, 2, &cm);
+        let svc = build_headless_service(&owner);
+        assert_eq!(svc.metadata.name.as_deref(), Some("chat-logic-headless"));
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.publish_not_ready_addresses, Some(false));
+        assert_eq!(spec.selector, deployment.spec.selector.match_labels);
+        let ports = spec.ports.expect("ports");
+        assert_eq!(ports.len(), 1);
+        let grpc = &ports[0];
+        assert_eq!(grpc.name.as_deref(), Some("grpc"));
+        assert_eq!(grpc.port, LOGIC_GRPC_PORT);
+        assert_eq!(grpc.target_port, Some(IntOrString::String("grpc".into())));
+        assert_eq!(grpc.protocol.as_deref(), Some("TCP"));
+        assert_eq!(grpc.app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+    }
+
+    #[test]
+    fn the_clusterip_service_is_kept_for_rest_and_grpc() {
+        let owner = Owner::of(&sample_cluster()).expect("owner");
+        let spec = build_service(&owner).spec.expect("spec");
+        assert_eq!(spec.cluster_ip, None);
+        let names: Vec<_> = spec
+            .ports
+            .expect("ports")
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["http", "grpc"]);
     }
 }

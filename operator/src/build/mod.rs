@@ -2,7 +2,8 @@
 //! the operator applies. No IO here; `reconcile::apply` sends what these return.
 //!
 //! - [`gateway`]: the gateway Deployment and its client-facing Service.
-//! - [`logic`]: the logic Deployment and its in-cluster Service.
+//! - [`logic`]: the logic Deployment, its in-cluster Service and the headless gRPC Service
+//!   gateways resolve to reach every ready logic pod.
 //! - [`common`]: ConfigMaps, the ServiceAccount, PodDisruptionBudgets and pod parts both use.
 
 pub mod common;
@@ -86,6 +87,9 @@ pub struct Children {
     pub gateway: ComponentObjects,
     /// Logic objects.
     pub logic: ComponentObjects,
+    /// Headless Service of the logic pods' gRPC port: gateways resolve it to every ready
+    /// logic pod and keep one connection to each (see [`logic::build_headless_service`]).
+    pub logic_headless: Service,
 }
 
 /// The ImCluster facts every builder needs.
@@ -152,6 +156,7 @@ pub fn build_children(imc: &ImCluster, replicas: DesiredReplicas) -> Result<Chil
             pdb: common::build_pdb(&owner, Component::Logic),
             config_map: logic_config,
         },
+        logic_headless: logic::build_headless_service(&owner),
     })
 }
 
@@ -189,6 +194,7 @@ pub(crate) mod tests {
             &children.logic.deployment.metadata,
             &children.logic.service.metadata,
             &children.logic.pdb.metadata,
+            &children.logic_headless.metadata,
         ];
         for meta in metas {
             assert_eq!(meta.namespace.as_deref(), Some("im"));

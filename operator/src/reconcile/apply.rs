@@ -47,7 +47,8 @@ where
         })
 }
 
-/// Applies every child, dependencies first (identity and config before the pods).
+/// Applies every child, dependencies first (identity and config before the pods), then
+/// the logic headless Service gateways resolve.
 pub async fn apply_children(
     client: &Client,
     namespace: &str,
@@ -60,6 +61,7 @@ pub async fn apply_children(
         apply_one(client, namespace, &objects.service).await?;
         apply_one(client, namespace, &objects.pdb).await?;
     }
+    apply_one(client, namespace, &children.logic_headless).await?;
     Ok(())
 }
 
