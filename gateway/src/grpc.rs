@@ -255,6 +255,9 @@ impl LogicApi for GrpcLogic {
         req.req_id = req_id;
         let mut last = ApiError::unavailable("no logic endpoint reachable");
         let user = req.user_id;
+        if req.no_reply {
+            return self.send_only(req).await;
+        }
         for ep in self.order(user) {
             let stream = match self.stream(&ep).await {
                 Ok(s) => s,
@@ -285,6 +288,29 @@ impl LogicApi for GrpcLogic {
                     ApiError::unavailable("lost the logic connection; retry").into_reply(req_id)
                 })
             });
+        }
+        ready_reply(last.into_reply(req_id))
+    }
+}
+
+impl GrpcLogic {
+    /// Sends a request logic answers nothing to (an ACK): no waiter, and it
+    /// does not keep the user on an endpoint (acks are cumulative, so their
+    /// order against sends does not matter).
+    async fn send_only(&self, req: UpRequest) -> ReplyFuture {
+        let req_id = req.req_id;
+        let mut last = ApiError::unavailable("no logic endpoint reachable");
+        for ep in self.order(req.user_id) {
+            match self.stream(&ep).await {
+                Ok(s) if s.alive.load(Ordering::SeqCst) && s.tx.send(req.clone()).await.is_ok() => {
+                    return ready_reply(UpReply {
+                        req_id,
+                        ..UpReply::default()
+                    });
+                }
+                Ok(_) => last = ApiError::unavailable("logic stream closed"),
+                Err(e) => last = e,
+            }
         }
         ready_reply(last.into_reply(req_id))
     }
@@ -447,6 +473,30 @@ mod tests {
         send_all(&logic, 1..=200).await;
         assert!(a.take().is_empty());
         assert_eq!(b.take().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn an_ack_is_sent_without_waiting_or_holding_the_user() {
+        let a = Pod::start().await;
+        let logic = GrpcLogic::new(&[format!("http://{}", a.addr)]).unwrap();
+        a.hold.send_replace(true);
+        let ack = UpRequest {
+            user_id: 5,
+            no_reply: true,
+            ..UpRequest::default()
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(2), async {
+            logic.submit(ack).await.await
+        })
+        .await
+        .expect("answered at once, not by logic");
+        assert_eq!(reply.code, 0);
+        assert!(logic.sticky.is_empty());
+        let eps = logic.snapshot();
+        let stream = eps[0].stream.lock().await.clone().expect("stream open");
+        assert!(stream.pending.lock().unwrap().is_empty(), "nobody waits");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(a.take(), [5], "but logic got it");
     }
 
     #[tokio::test]

@@ -518,6 +518,8 @@ fn up_request(
         device: id.device,
         gate_id: gw.cfg.gate_id.clone(),
         conn_id: handle.conn_id,
+        // Only an ACK is fire-and-forget (see `Step::Submit(None, ..)`).
+        no_reply: matches!(kind, up_request::Kind::Ack(_)),
         kind: Some(kind),
     }
 }

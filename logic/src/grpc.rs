@@ -56,7 +56,12 @@ impl Logic for LogicGrpc {
             // Requests are submitted in stream order (which keeps each
             // connection's sends in order); replies go back as they complete.
             while let Some(Ok(up)) = inbound.next().await {
+                let no_reply = up.no_reply;
                 let fut = svc.submit(up).await;
+                // An ACK: taken when submitted; the gateway waits for nothing.
+                if no_reply {
+                    continue;
+                }
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     let _ = tx.send(Ok(fut.await)).await;

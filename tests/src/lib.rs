@@ -247,6 +247,8 @@ pub struct Cluster {
     pub logic: Vec<Proc>,
     pub gateways: Vec<Proc>,
     pub logic_http: Vec<String>,
+    /// gRPC of the logic processes, as gateways are given it (`http://…`).
+    pub logic_grpc: Vec<String>,
     pub gateway_tcp: Vec<String>,
     pub gateway_http: Vec<String>,
     pub database_url: String,
@@ -309,12 +311,12 @@ impl Cluster {
             logic: Vec::new(),
             gateways: Vec::new(),
             logic_http: Vec::new(),
+            logic_grpc: Vec::new(),
             gateway_tcp: Vec::new(),
             gateway_http: Vec::new(),
             database_url,
             redis_prefix,
         };
-        let mut logic_grpc = Vec::new();
         for i in 0..logics {
             let http = format!("127.0.0.1:{}", free_port());
             let grpc = format!("127.0.0.1:{}", free_port());
@@ -328,7 +330,7 @@ impl Cluster {
                 &env,
             )?);
             cluster.logic_http.push(http);
-            logic_grpc.push(format!("http://{grpc}"));
+            cluster.logic_grpc.push(format!("http://{grpc}"));
         }
         for http in &cluster.logic_http {
             wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(30)).await?;
@@ -342,7 +344,7 @@ impl Cluster {
             env.push(("IM_HTTP_ADDR".into(), http.clone()));
             env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
             env.push(("IM_GATE_ID".into(), format!("gw-{i}")));
-            env.push(("IM_LOGIC_ADDRS".into(), logic_grpc.join(",")));
+            env.push(("IM_LOGIC_ADDRS".into(), cluster.logic_grpc.join(",")));
             env.push(("IM_DRAIN_SECS".into(), "1".into()));
             cluster.gateways.push(Proc::spawn(
                 &format!("gateway-{i}"),
