@@ -417,6 +417,15 @@ mod tests {
         (resolver, answer)
     }
 
+    /// Two pods, and a client of a name that resolves to what `dns` holds.
+    async fn two_pods() -> (Pod, Pod, GrpcLogic, Arc<Mutex<Vec<SocketAddr>>>) {
+        let (a, b) = (Pod::start().await, Pod::start().await);
+        let (resolver, dns) = fake_dns();
+        let name = "http://logic-headless.test:9000".to_string();
+        let logic = GrpcLogic::with_resolver(&[name], resolver).unwrap();
+        (a, b, logic, dns)
+    }
+
     fn request(user: i64) -> UpRequest {
         UpRequest {
             user_id: user,
@@ -433,11 +442,7 @@ mod tests {
 
     #[tokio::test]
     async fn follows_the_pods_the_name_resolves_to() {
-        let (a, b) = (Pod::start().await, Pod::start().await);
-        let (resolver, dns) = fake_dns();
-        let logic =
-            GrpcLogic::with_resolver(&["http://logic-headless.test:9000".to_string()], resolver)
-                .unwrap();
+        let (a, b, logic, dns) = two_pods().await;
         // Nothing resolves yet: the address as given is kept.
         assert!(!logic.refresh().await);
         assert_eq!(logic.endpoints(), ["http://logic-headless.test:9000"]);
@@ -501,11 +506,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_user_with_requests_in_flight_stays_on_their_pod() {
-        let (a, b) = (Pod::start().await, Pod::start().await);
-        let (resolver, dns) = fake_dns();
-        let logic =
-            GrpcLogic::with_resolver(&["http://logic-headless.test:9000".to_string()], resolver)
-                .unwrap();
+        let (a, b, logic, dns) = two_pods().await;
         *dns.lock().unwrap() = vec![a.addr];
         logic.refresh().await;
         // A user who will rank b first once b exists.

@@ -89,31 +89,12 @@ pub fn build_deployment(
 /// The ClusterIP Service apps (REST) and other in-cluster clients reach logic through.
 /// Gateways use [`build_headless_service`] instead.
 pub fn build_service(owner: &Owner) -> Service {
-    let component = Component::Logic;
-    let service_port = |name: &str, port: i32| ServicePort {
-        name: Some(name.into()),
-        port,
-        target_port: Some(IntOrString::String(name.into())),
-        protocol: Some("TCP".into()),
-        app_protocol: (name == "grpc").then(|| "kubernetes.io/h2c".to_string()),
-        ..ServicePort::default()
-    };
-    Service {
-        metadata: owner.meta(
-            names::workload_name(&owner.name, component),
-            names::component_labels(&owner.name, component),
-        ),
-        spec: Some(ServiceSpec {
-            type_: Some("ClusterIP".into()),
-            selector: Some(names::selector_labels(&owner.name, component)),
-            ports: Some(vec![
-                service_port("http", LOGIC_HTTP_PORT),
-                service_port("grpc", LOGIC_GRPC_PORT),
-            ]),
-            ..ServiceSpec::default()
-        }),
-        ..Service::default()
-    }
+    let name = names::workload_name(&owner.name, Component::Logic);
+    let ports = vec![
+        service_port("http", LOGIC_HTTP_PORT),
+        service_port("grpc", LOGIC_GRPC_PORT),
+    ];
+    logic_service(owner, name, ServiceSpec::default(), ports)
 }
 
 /// The headless Service gateways reach logic's gRPC port through.
@@ -125,26 +106,47 @@ pub fn build_service(owner: &Owner) -> Service {
 /// and keep a stream to each address. Pods that are not ready are not published, so a
 /// gateway never dials a pod that cannot serve yet.
 pub fn build_headless_service(owner: &Owner) -> Service {
+    let name = names::headless_name(&owner.name, Component::Logic);
+    let headless = ServiceSpec {
+        cluster_ip: Some("None".into()),
+        publish_not_ready_addresses: Some(false),
+        ..ServiceSpec::default()
+    };
+    logic_service(
+        owner,
+        name,
+        headless,
+        vec![service_port("grpc", LOGIC_GRPC_PORT)],
+    )
+}
+
+/// A named port of the logic container; gRPC is marked as cleartext HTTP/2.
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        app_protocol: (name == "grpc").then(|| "kubernetes.io/h2c".to_string()),
+        ..ServicePort::default()
+    }
+}
+
+/// A ClusterIP-type Service of the logic pods: `spec` with type, selector and ports set.
+fn logic_service(
+    owner: &Owner,
+    name: String,
+    spec: ServiceSpec,
+    ports: Vec<ServicePort>,
+) -> Service {
     let component = Component::Logic;
     Service {
-        metadata: owner.meta(
-            names::headless_name(&owner.name, component),
-            names::component_labels(&owner.name, component),
-        ),
+        metadata: owner.meta(name, names::component_labels(&owner.name, component)),
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
-            cluster_ip: Some("None".into()),
             selector: Some(names::selector_labels(&owner.name, component)),
-            ports: Some(vec![ServicePort {
-                name: Some("grpc".into()),
-                port: LOGIC_GRPC_PORT,
-                target_port: Some(IntOrString::String("grpc".into())),
-                protocol: Some("TCP".into()),
-                app_protocol: Some("kubernetes.io/h2c".into()),
-                ..ServicePort::default()
-            }]),
-            publish_not_ready_addresses: Some(false),
-            ..ServiceSpec::default()
+            ports: Some(ports),
+            ..spec
         }),
         ..Service::default()
     }
@@ -155,12 +157,18 @@ mod tests {
     use super::*;
     use crate::build::tests::sample_cluster;
 
-    #[test]
-    fn logic_reads_database_and_jwt_from_secrets() {
+    /// The sample cluster's owner and logic Deployment (2 replicas).
+    fn sample_deployment() -> (Owner, Deployment) {
         let imc = sample_cluster();
         let owner = Owner::of(&imc).expect("owner");
         let cm = common::build_config_map(&owner, Component::Logic, &imc.spec);
         let d = build_deployment(&owner, &imc.spec, 2, &cm);
+        (owner, d)
+    }
+
+    #[test]
+    fn logic_reads_database_and_jwt_from_secrets() {
+        let (_, d) = sample_deployment();
         let pod = d.spec.template.spec.expect("pod");
         let env = pod.containers[0].env.clone().expect("env");
         let secret_of = |name: &str| {
@@ -187,10 +195,7 @@ mod tests {
 
     #[test]
     fn headless_service_resolves_to_ready_logic_pods_on_grpc_only() {
-        let imc = sample_cluster();
-        let owner = Owner::of(&imc).expect("owner");
-        let cm = common::build_config_map(&owner, Component::Logic, &imc.spec);
-        let deployment = build_deployment(&owner, &imc.spec, 2, &cm);
+        let (owner, deployment) = sample_deployment();
         let svc = build_headless_service(&owner);
         assert_eq!(svc.metadata.name.as_deref(), Some("chat-logic-headless"));
         let spec = svc.spec.expect("spec");
