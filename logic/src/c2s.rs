@@ -11,7 +11,7 @@ use im_proto::logic::{UpReply, up_reply};
 use crate::c2s_stream::{AppendError, Upstream};
 pub use crate::c2s_stream::{Appended, C2sSink, DEDUPE_TTL_SECS, STREAM_MAXLEN};
 use crate::metrics;
-use crate::service::{LogicService, MAX_CLIENT_MSG_ID, code_label};
+use crate::service::{LogicService, check_client_msg_id, code_label};
 
 /// Longest service name.
 pub const MAX_SERVICE_LEN: usize = 64;
@@ -43,11 +43,7 @@ pub fn validate_service(name: &str) -> Result<(), ApiError> {
 
 fn validate(req: &C2sSendRequest, max_body: usize) -> Result<(), ApiError> {
     validate_service(&req.service)?;
-    if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID {
-        return Err(ApiError::bad_request(format!(
-            "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
-        )));
-    }
+    check_client_msg_id(&req.client_msg_id)?;
     if req.body.len() > max_body {
         return Err(ApiError::bad_request(format!(
             "body exceeds {max_body} bytes"

@@ -21,7 +21,7 @@ use sqlx::Row;
 
 use crate::metrics;
 use crate::rest::RestError;
-use crate::service::{LogicService, MAX_CLIENT_MSG_ID};
+use crate::service::{LogicService, check_client_msg_id};
 use crate::store::{NewMessage, SendPolicy, Stored};
 
 /// Most recipients of one server push.
@@ -131,11 +131,7 @@ pub fn build_s2c_message(
     if b.to.iter().any(|u| *u <= 0) {
         return Err(ApiError::bad_request("user ids in `to` must be > 0"));
     }
-    if b.client_msg_id.is_empty() || b.client_msg_id.len() > MAX_CLIENT_MSG_ID {
-        return Err(ApiError::bad_request(format!(
-            "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
-        )));
-    }
+    check_client_msg_id(&b.client_msg_id)?;
     if b.body.len() > max_body {
         return Err(ApiError::bad_request(format!(
             "body exceeds {max_body} bytes"

@@ -36,6 +36,24 @@ pub struct LogicConfig {
 
 pub const MAX_CLIENT_MSG_ID: usize = 64;
 
+/// A client message id: 1 to [`MAX_CLIENT_MSG_ID`] bytes, no control
+/// characters. Postgres refuses NUL in text, and the statement that fails
+/// stores a whole batch: one such id would fail every other message that
+/// shares its batch.
+pub fn check_client_msg_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID {
+        return Err(ApiError::bad_request(format!(
+            "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
+        )));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "client_msg_id must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
 /// What a second login of a user on the same device type does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LoginPolicy {
@@ -120,11 +138,7 @@ impl LogicService {
         // Blocks and friendships are checked in the commit batch, against
         // the state the message is stored in (one query per batch).
         crate::social::perms::client_content_type(req.content_type)?;
-        if req.client_msg_id.is_empty() || req.client_msg_id.len() > MAX_CLIENT_MSG_ID {
-            return Err(ApiError::bad_request(format!(
-                "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
-            )));
-        }
+        check_client_msg_id(&req.client_msg_id)?;
         if req.body.len() > self.cfg.max_body {
             return Err(ApiError::bad_request(format!(
                 "body exceeds {} bytes",

@@ -532,3 +532,83 @@ async fn the_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tabl
     assert!(plan.contains("messages_pkey"), "{plan}");
     assert!(!plan.contains("messages_sender"), "{plan}");
 }
+
+/// The committer's pipeline on Postgres: a batch staged (statements run,
+/// transaction open) on one connection while the next runs on another.
+/// The next batch waits for the row locks of users the staged one touched
+/// until it commits, so one user's sequences follow commit order; a batch
+/// over other users is not held up; a failed batch leaves nothing.
+#[tokio::test]
+async fn staged_batches_overlap_only_where_users_differ_on_postgres() {
+    use std::time::Duration;
+    let store = common::postgres("im_stage").await;
+    let ids = ["ann", "ben", "cid", "dot"];
+    let mut u = Vec::new();
+    for name in ids {
+        u.push(store.create_user(name, "h", 0).await.unwrap());
+    }
+    let (a, b, c, d) = (u[0], u[1], u[2], u[3]);
+    let mut first = WriterConn::dedicated();
+    let (_, staged) = store
+        .stage_with_acks_on(&mut first, vec![msg(a, b, "m1")], &[], 10)
+        .await
+        .unwrap();
+    assert_eq!(staged.results[0].as_ref().unwrap().sender_seq, 1);
+    // Uncommitted: nobody else sees it.
+    assert_eq!(store.max_seq(b).await.unwrap(), 0);
+
+    // Another batch for a: waits for the staged one's lock on a.
+    let behind = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut conn = WriterConn::dedicated();
+            let out = store
+                .stage_with_acks_on(&mut conn, vec![msg(a, b, "m2")], &[], 20)
+                .await
+                .unwrap();
+            store.commit_staged(&mut conn).await.unwrap();
+            out
+        })
+    };
+    // One for c and d runs to its commit meanwhile.
+    let mut other = WriterConn::dedicated();
+    store
+        .stage_with_acks_on(&mut other, vec![msg(c, d, "x1")], &[], 20)
+        .await
+        .unwrap();
+    store.commit_staged(&mut other).await.unwrap();
+    assert_eq!(store.max_seq(d).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!behind.is_finished(), "waits for the staged batch's locks");
+
+    store.commit_staged(&mut first).await.unwrap();
+    let (_, out) = behind.await.unwrap();
+    assert_eq!(out.results[0].as_ref().unwrap().sender_seq, 2);
+    let (page, _) = store.pull(b, 0, 10).await.unwrap();
+    let got: Vec<(u64, &str)> = page
+        .iter()
+        .map(|m| (m.seq, m.client_msg_id.as_str()))
+        .collect();
+    assert_eq!(got, [(1, "m1"), (2, "m2")]);
+
+    // COMMIT goes only where a transaction was staged.
+    assert!(
+        store
+            .commit_staged(&mut WriterConn::dedicated())
+            .await
+            .is_err()
+    );
+    // A batch whose statements fail is rolled back with its connection:
+    // the message before the failing one is not stored either. (Postgres
+    // refuses NUL in text; logic refuses such ids before they get here.)
+    let mut failing = WriterConn::dedicated();
+    let batch = vec![msg(c, d, "x2"), msg(a, b, "bad\0id")];
+    assert!(
+        store
+            .stage_with_acks_on(&mut failing, batch, &[], 30)
+            .await
+            .is_err()
+    );
+    assert!(store.commit_staged(&mut failing).await.is_err());
+    assert_eq!(store.max_seq(d).await.unwrap(), 1);
+}

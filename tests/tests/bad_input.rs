@@ -224,3 +224,51 @@ async fn websocket_text_is_refused_and_pings_are_answered() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// On Postgres a NUL in a client message id would fail the statement that
+/// stores a whole commit batch, and with it every other user's message in
+/// that batch. It is refused up front: BAD_REQUEST for the sender, nothing
+/// lost for anyone else (their messages share the writer with it).
+#[tokio::test]
+async fn a_control_character_in_a_message_id_is_refused_and_fails_no_batch() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, 1).await?;
+    let api = cluster.api(0);
+    let mallory = new_user(&api, &unique("mallory")).await?;
+    let alice = new_user(&api, &unique("alice")).await?;
+    let bob = new_user(&api, &unique("bob")).await?;
+    let m = online(&cluster.tcp_endpoint(0), &mallory).await?;
+    let a = online(&cluster.tcp_endpoint(0), &alice).await?;
+    let b = online(&cluster.tcp_endpoint(0), &bob).await?;
+    let rounds = 50;
+    let poison = async {
+        let mut refused = 0;
+        for i in 0..rounds {
+            let id = format!("x{i}\0y");
+            match m
+                .send_with_id(bob.id, &id, 1, Bytes::from_static(b"p"))
+                .await
+            {
+                Err(im_client::ClientError::Server { code, .. })
+                    if code == ErrorCode::BadRequest as i32 =>
+                {
+                    refused += 1
+                }
+                other => panic!("expected BAD_REQUEST, got {other:?}"),
+            }
+        }
+        refused
+    };
+    let chat = async {
+        for i in 0..rounds {
+            a.send_text(bob.id, &format!("ok {i}")).await?;
+        }
+        anyhow::Ok(())
+    };
+    let (refused, chatted) = tokio::join!(poison, chat);
+    chatted?;
+    assert_eq!(refused, rounds);
+    let got = recv_n(&b, rounds, Duration::from_secs(10)).await?;
+    assert_contiguous(&got, 1);
+    assert!(got.iter().all(|m| m.from == alice.id));
+    Ok(())
+}
