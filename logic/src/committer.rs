@@ -10,10 +10,6 @@
 //! same rows a message batch locks. As a second writer, the ack path held
 //! the message path up on those row locks (and paid a commit of its own).
 //! Acks are cumulative: one dropped here is covered by the device's next.
-//!
-//! On Postgres a shard writes on two connections of its own: while one
-//! batch's `COMMIT` waits for the WAL flush, the next batch's statements run
-//! on the other connection ([`Staged`] says why that keeps every guarantee).
 use std::time::{Duration, Instant};
 
 use im_common::api::ApiError;
@@ -22,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics;
 use crate::pusher::{Origin, Outgoing, Pusher};
 use crate::store::receipts::DeviceAck;
-use crate::store::{Backend, BatchOutcome, NewMessage, SendResult, Store, StoreError, WriterConn};
+use crate::store::{NewMessage, SendResult, Store, WriterConn};
 
 struct Job {
     msg: NewMessage,
@@ -108,8 +104,8 @@ impl Committer {
 }
 
 /// Runs a writer loop on a thread of its own with a single-threaded runtime.
-/// A transaction is about seven round trips to the database and its commit,
-/// one after the other; on the shared runtime each reply waited for a worker busy with
+/// A transaction is about eight round trips to the database, one after the
+/// other; on the shared runtime each reply waited for a worker busy with
 /// gRPC and pushes to poll for it (~0.2 ms a round trip at 5,000 msg/s,
 /// against ~0.03 ms here), and the writer is the path every message takes.
 /// The loop ends, and the thread with it, when the last [`Committer`] is dropped.
@@ -125,196 +121,56 @@ fn on_own_thread(name: String, work: impl std::future::Future<Output = ()> + Sen
 }
 
 async fn run_shard(
-    jobs_rx: mpsc::Receiver<Job>,
-    acks_rx: mpsc::Receiver<DeviceAck>,
+    mut jobs_rx: mpsc::Receiver<Job>,
+    mut acks_rx: mpsc::Receiver<DeviceAck>,
     store: Store,
     pusher: Pusher,
     max_batch: usize,
 ) {
-    let mut intake = Intake {
-        policy: AckPolicy::for_backend(store.backend()),
-        jobs_rx,
-        acks_rx,
-        jobs: Vec::with_capacity(max_batch),
-        acks: Vec::new(),
-        acks_since: None,
-        max_batch,
-    };
-    // On Postgres a batch's COMMIT (the WAL flush) overlaps the next
-    // batch's statements, on a second connection; see [`Staged`].
-    let pipelined = store.backend() == Backend::Postgres;
-    let mut free: Vec<WriterConn> = (0..if pipelined { 2 } else { 1 })
-        .map(|_| WriterConn::dedicated())
-        .collect();
-    let mut staged: Option<Staged> = None;
+    let policy = AckPolicy::for_backend(store.backend());
+    let mut jobs = Vec::with_capacity(max_batch);
+    let mut acks = Vec::new();
+    // When the oldest queued ack arrived.
+    let mut acks_since: Option<Instant> = None;
+    let mut conn = WriterConn::dedicated();
     loop {
         // Both queues close together, when the last Committer is dropped;
         // queued messages are still stored first.
-        if staged.is_none() && !intake.wait().await {
-            break;
-        }
-        intake.take_queued();
-        let batch = intake.next_batch();
-        let conn = || WriterConn::dedicated();
-        staged = match (staged.take(), batch) {
-            (None, None) => None,
-            (None, Some(b)) => {
-                let s = stage(&store, free.pop().unwrap_or_else(conn), b, pipelined).await;
-                if pipelined {
-                    Some(s)
-                } else {
-                    free.push(finish(&pusher, s).await);
-                    None
-                }
+        if jobs.is_empty() {
+            match acks_since {
+                None => tokio::select! {
+                    biased;
+                    n = jobs_rx.recv_many(&mut jobs, max_batch) => if n == 0 { break },
+                    n = acks_rx.recv_many(&mut acks, MAX_ACKS) => if n == 0 { break },
+                },
+                // Queued acks wait for a message or for their linger.
+                Some(since) => tokio::select! {
+                    biased;
+                    n = jobs_rx.recv_many(&mut jobs, max_batch) => if n == 0 { break },
+                    _ = tokio::time::sleep_until((since + ACK_LINGER).into()) => {}
+                },
             }
-            (Some(s), None) => {
-                free.push(commit_and_finish(&store, &pusher, s).await);
-                None
-            }
-            // The staged batch's replies and pushes go out as soon as it
-            // committed, while the next one's statements still run.
-            (Some(s), Some(b)) => {
-                let next = stage(&store, free.pop().unwrap_or_else(conn), b, true);
-                let (back, next) = tokio::join!(commit_and_finish(&store, &pusher, s), next);
-                free.push(back);
-                Some(next)
-            }
-        };
-    }
-    if let Some(s) = staged {
-        commit_and_finish(&store, &pusher, s).await;
-    }
-}
-
-/// What is queued for the writer, and when acks are due.
-struct Intake {
-    policy: AckPolicy,
-    jobs_rx: mpsc::Receiver<Job>,
-    acks_rx: mpsc::Receiver<DeviceAck>,
-    jobs: Vec<Job>,
-    acks: Vec<DeviceAck>,
-    /// When the oldest queued ack arrived.
-    acks_since: Option<Instant>,
-    max_batch: usize,
-}
-
-/// One transaction's work: messages and the acks that ride with them.
-struct Batch {
-    jobs: Vec<Job>,
-    acks: Vec<DeviceAck>,
-}
-
-impl Intake {
-    /// Waits for a message, or for queued acks to be due alone; false once
-    /// the queues closed.
-    async fn wait(&mut self) -> bool {
-        if !self.jobs.is_empty() {
-            return true;
         }
-        match self.acks_since {
-            None => tokio::select! {
-                biased;
-                n = self.jobs_rx.recv_many(&mut self.jobs, self.max_batch) => n > 0,
-                n = self.acks_rx.recv_many(&mut self.acks, MAX_ACKS) => n > 0,
-            },
-            // Queued acks wait for a message or for their linger.
-            Some(since) => tokio::select! {
-                biased;
-                n = self.jobs_rx.recv_many(&mut self.jobs, self.max_batch) => n > 0,
-                _ = tokio::time::sleep_until((since + ACK_LINGER).into()) => true,
-            },
-        }
-    }
-
-    /// Takes in what is queued now, without waiting.
-    fn take_queued(&mut self) {
-        while self.jobs.len() < self.max_batch
-            && let Ok(j) = self.jobs_rx.try_recv()
+        while jobs.len() < max_batch
+            && let Ok(j) = jobs_rx.try_recv()
         {
-            self.jobs.push(j);
+            jobs.push(j);
         }
-        while self.acks.len() < MAX_ACKS
-            && let Ok(a) = self.acks_rx.try_recv()
+        while acks.len() < MAX_ACKS
+            && let Ok(a) = acks_rx.try_recv()
         {
-            self.acks.push(a);
+            acks.push(a);
         }
-        if !self.acks.is_empty() {
-            self.acks_since.get_or_insert_with(Instant::now);
+        if !acks.is_empty() {
+            acks_since.get_or_insert_with(Instant::now);
+        }
+        if policy.due(acks.len(), acks_since, !jobs.is_empty()) {
+            acks_since = None;
+            commit(&store, &pusher, &mut conn, &mut jobs, &mut acks).await;
+        } else if !jobs.is_empty() {
+            commit(&store, &pusher, &mut conn, &mut jobs, &mut Vec::new()).await;
         }
     }
-
-    /// The next transaction's work, if any is due.
-    fn next_batch(&mut self) -> Option<Batch> {
-        let with_acks = self
-            .policy
-            .due(self.acks.len(), self.acks_since, !self.jobs.is_empty());
-        if !with_acks && self.jobs.is_empty() {
-            return None;
-        }
-        let acks = if with_acks {
-            self.acks_since = None;
-            std::mem::take(&mut self.acks)
-        } else {
-            Vec::new()
-        };
-        let jobs = std::mem::replace(&mut self.jobs, Vec::with_capacity(self.max_batch));
-        Some(Batch { jobs, acks })
-    }
-}
-
-/// A batch whose statements ran, with its connection. On Postgres its
-/// transaction is still open: the committer sends its `COMMIT` (the WAL
-/// flush, ~0.1–0.3 ms here, longer when the disk stalls) together with the
-/// next batch's statements on its other connection, instead of one after
-/// the other. That changes nothing a client sees: the next batch takes the
-/// row locks of any user this one touched only after this one committed
-/// (so one user's sequences still follow commit order), this one holds
-/// every lock it needs before its `COMMIT` (so neither waits for the
-/// other in a cycle), and its replies and pushes go out first. Two logic
-/// pods' committers already write side by side in the same way.
-struct Staged {
-    conn: WriterConn,
-    tails: Vec<(Option<Origin>, oneshot::Sender<SendResult>)>,
-    acked: usize,
-    started: Instant,
-    result: Result<(Vec<NewMessage>, BatchOutcome), StoreError>,
-}
-
-/// Runs a batch's statements on `conn`; `open`: leave the transaction open
-/// for [`commit_and_finish`] (Postgres), else commit it here.
-async fn stage(store: &Store, mut conn: WriterConn, batch: Batch, open: bool) -> Staged {
-    let (items, tails): (Vec<NewMessage>, Vec<_>) = batch
-        .jobs
-        .into_iter()
-        .map(|j| (j.msg, (j.origin, j.reply)))
-        .unzip();
-    let started = Instant::now();
-    let now = im_proto::now_ms();
-    let result = if open {
-        store
-            .stage_with_acks_on(&mut conn, items, &batch.acks, now)
-            .await
-    } else {
-        store
-            .commit_with_acks_on(&mut conn, items, &batch.acks, now)
-            .await
-    };
-    Staged {
-        conn,
-        tails,
-        acked: batch.acks.len(),
-        started,
-        result,
-    }
-}
-
-async fn commit_and_finish(store: &Store, pusher: &Pusher, mut s: Staged) -> WriterConn {
-    if s.result.is_ok()
-        && let Err(e) = store.commit_staged(&mut s.conn).await
-    {
-        s.result = Err(e);
-    }
-    finish(pusher, s).await
 }
 
 /// When queued acks go into a transaction.
@@ -349,17 +205,31 @@ impl AckPolicy {
     }
 }
 
-/// Replies once the batch committed (or failed), then pushes; hands the
-/// connection back.
-async fn finish(pusher: &Pusher, s: Staged) -> WriterConn {
-    let n = s.tails.len();
-    match s.result {
+/// One transaction: the queued messages, then the queued acks' receipts;
+/// replies once it committed, then pushes.
+async fn commit(
+    store: &Store,
+    pusher: &Pusher,
+    conn: &mut WriterConn,
+    jobs: &mut Vec<Job>,
+    acks: &mut Vec<DeviceAck>,
+) {
+    let (items, tails): (Vec<NewMessage>, Vec<_>) =
+        jobs.drain(..).map(|j| (j.msg, (j.origin, j.reply))).unzip();
+    let n = items.len();
+    let started = Instant::now();
+    let result = store
+        .commit_with_acks_on(conn, items, acks, im_proto::now_ms())
+        .await;
+    let acked = acks.len();
+    acks.clear();
+    match result {
         Ok((items, outcome)) => {
             if n > 0 {
-                metrics::STORE_LATENCY.observe(s.started.elapsed().as_secs_f64());
+                metrics::STORE_LATENCY.observe(started.elapsed().as_secs_f64());
                 metrics::STORE_BATCH.observe(n as f64);
             }
-            let (origins, replies): (Vec<_>, Vec<_>) = s.tails.into_iter().unzip();
+            let (origins, replies): (Vec<_>, Vec<_>) = tails.into_iter().unzip();
             for (m, r) in items.iter().zip(&outcome.results) {
                 if matches!(r, Ok(s) if !s.duplicate) {
                     let kind = kind(m);
@@ -384,13 +254,12 @@ async fn finish(pusher: &Pusher, s: Staged) -> WriterConn {
             pusher.dispatch(outgoing).await;
         }
         Err(e) => {
-            tracing::warn!(error = %e, batch = n, acks = s.acked, "failed to store message batch");
-            for (_, reply) in s.tails {
+            tracing::warn!(error = %e, batch = n, acks = acked, "failed to store message batch");
+            for (_, reply) in tails {
                 let _ = reply.send(Err(ApiError::unavailable("storage unavailable; retry")));
             }
         }
     }
-    s.conn
 }
 
 fn kind(m: &NewMessage) -> &'static str {

@@ -85,14 +85,6 @@ impl WriterConn {
         }
     }
 
-    /// Passes `result` on, closing the connection when it is an error.
-    fn discard_if_failed<T, E>(&mut self, result: Result<T, E>) -> Result<T, E> {
-        if result.is_err() {
-            self.discard();
-        }
-        result
-    }
-
     /// Closes the kept connection (after an error it may be broken).
     pub fn discard(&mut self) {
         match self.kept.take() {
@@ -198,20 +190,6 @@ impl Store {
             Backend::Sqlite => Some(self.writer.clone().lock_owned().await),
             Backend::Postgres => None,
         };
-        let conn = self.writer_connection(held).await?;
-        let tx = match self.backend {
-            Backend::Sqlite => sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?,
-            Backend::Postgres => sqlx::Connection::begin(conn).await?,
-        };
-        Ok(WriteTx { tx, _turn: turn })
-    }
-
-    /// The writer's kept connection, opened (its own on Postgres when
-    /// dedicated) or taken from the pool when it has none.
-    async fn writer_connection<'c>(
-        &self,
-        held: &'c mut WriterConn,
-    ) -> Result<&'c mut sqlx::AnyConnection, sqlx::Error> {
         let own = held.dedicated && self.backend == Backend::Postgres;
         let kept = match &mut held.kept {
             Some(conn) => conn,
@@ -220,10 +198,15 @@ impl Store {
             )),
             empty => empty.insert(Kept::Pooled(self.pool.acquire().await?)),
         };
-        Ok(match kept {
+        let conn: &mut sqlx::AnyConnection = match kept {
             Kept::Pooled(c) => c,
             Kept::Own(c) => c,
-        })
+        };
+        let tx = match self.backend {
+            Backend::Sqlite => sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?,
+            Backend::Postgres => sqlx::Connection::begin(conn).await?,
+        };
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// Runs `work` in a write transaction on the writer's kept connection
@@ -240,43 +223,10 @@ impl Store {
             Ok(out)
         }
         .await;
-        held.discard_if_failed(result)
-    }
-
-    /// Postgres: `BEGIN` and `work` on the writer's own connection, leaving
-    /// the transaction open for [`Self::commit_staged`]. Meanwhile the
-    /// committer runs the next batch's statements on its other connection
-    /// (see `committer.rs`). A failure closes the connection, which rolls
-    /// the transaction back.
-    pub(crate) async fn stage_on<T>(
-        &self,
-        held: &mut WriterConn,
-        work: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        debug_assert_eq!(self.backend, Backend::Postgres, "SQLite has one writer");
-        let result = async {
-            let conn = self.writer_connection(held).await?;
-            sqlx::Executor::execute(&mut *conn, "BEGIN").await?;
-            work(conn).await
+        if result.is_err() {
+            held.discard();
         }
-        .await;
-        held.discard_if_failed(result)
-    }
-
-    /// Commits the transaction [`Self::stage_on`] left open on `held`.
-    pub async fn commit_staged(&self, held: &mut WriterConn) -> Result<(), StoreError> {
-        let result = async {
-            // Never a fresh connection: COMMIT there would commit nothing.
-            let conn = match &mut held.kept {
-                Some(Kept::Own(c)) => c,
-                Some(Kept::Pooled(c)) => &mut **c,
-                None => return Err(sqlx::Error::Protocol("no transaction staged".into()).into()),
-            };
-            sqlx::Executor::execute(conn, "COMMIT").await?;
-            Ok(())
-        }
-        .await;
-        held.discard_if_failed(result)
+        result
     }
 
     pub fn backend(&self) -> Backend {

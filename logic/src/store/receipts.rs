@@ -61,59 +61,19 @@ impl Store {
     pub async fn commit_with_acks_on(
         &self,
         held: &mut WriterConn,
-        items: Vec<NewMessage>,
-        acks: &[DeviceAck],
-        now_ms: u64,
-    ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
-        self.with_acks_on(held, items, acks, now_ms, false).await
-    }
-
-    /// Postgres: [`Self::commit_with_acks_on`] up to its `COMMIT`, which
-    /// [`Store::commit_staged`] sends (the transaction stays open on `held`).
-    pub async fn stage_with_acks_on(
-        &self,
-        held: &mut WriterConn,
-        items: Vec<NewMessage>,
-        acks: &[DeviceAck],
-        now_ms: u64,
-    ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
-        self.with_acks_on(held, items, acks, now_ms, true).await
-    }
-
-    async fn with_acks_on(
-        &self,
-        held: &mut WriterConn,
         mut items: Vec<NewMessage>,
         acks: &[DeviceAck],
         now_ms: u64,
-        leave_open: bool,
     ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
-        let work = async |tx: &mut AnyConnection| {
-            let outcome = self
-                .batch_with_acks_in(tx, &mut items, acks, now_ms)
-                .await?;
+        self.write_on(held, async |tx| {
+            if !acks.is_empty() {
+                let receipts = self.apply_acks(tx, acks, now_ms).await?;
+                items.extend(receipts);
+            }
+            let outcome = self.commit_batch_in(tx, &items, now_ms).await?;
             Ok((items, outcome))
-        };
-        if leave_open {
-            self.stage_on(held, work).await
-        } else {
-            self.write_on(held, work).await
-        }
-    }
-
-    /// The acks' receipts appended to `items`, then the batch.
-    async fn batch_with_acks_in(
-        &self,
-        tx: &mut AnyConnection,
-        items: &mut Vec<NewMessage>,
-        acks: &[DeviceAck],
-        now_ms: u64,
-    ) -> Result<BatchOutcome, StoreError> {
-        if !acks.is_empty() {
-            let receipts = self.apply_acks(tx, acks, now_ms).await?;
-            items.extend(receipts);
-        }
-        self.commit_batch_in(tx, items, now_ms).await
+        })
+        .await
     }
 
     /// Every acknowledgement of a batch in a fixed number of statements per
