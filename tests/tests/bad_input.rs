@@ -272,3 +272,34 @@ async fn a_control_character_in_a_message_id_is_refused_and_fails_no_batch() -> 
     assert!(got.iter().all(|m| m.from == alice.id));
     Ok(())
 }
+
+/// Free text in REST bodies (group names, friend request notes) with a
+/// control character is a bad request, not a storage error: JSON may carry
+/// `\u0000`, which Postgres text refuses. Line breaks stay allowed in notes.
+#[tokio::test]
+async fn control_characters_in_names_and_notes_are_bad_requests() -> anyhow::Result<()> {
+    let cluster = Cluster::start(0, 1).await?;
+    let api = cluster.api(0);
+    let alice = new_user(&api, &unique("alice")).await?;
+    let bob = new_user(&api, &unique("bob")).await?;
+    let e = api
+        .create_group(&alice.token, "team\0x", &[], "open")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("400"), "{e}");
+    let e = api
+        .create_group(&alice.token, "team\nx", &[], "open")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("400"), "{e}");
+    let e = api
+        .send_friend_request(&alice.token, bob.id, "hi\0")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("400"), "{e}");
+    // Still usable, and a note may span lines.
+    api.create_group_id(&alice.token, "team", &[bob.id]).await?;
+    api.send_friend_request(&alice.token, bob.id, "hi,\nit's alice")
+        .await?;
+    Ok(())
+}

@@ -43,7 +43,7 @@ pub struct FriendRequests {
 pub struct NewFriendRequest {
     /// The user to befriend.
     pub to: i64,
-    /// Shown to the recipient; at most 512 bytes.
+    /// Shown to the recipient; at most 512 bytes, no control characters but line breaks and tabs.
     #[serde(default)]
     pub note: String,
 }

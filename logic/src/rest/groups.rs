@@ -63,7 +63,7 @@ pub(crate) async fn group_json(
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateGroup {
-    /// 1-64 bytes.
+    /// 1-64 bytes, no control characters.
     pub name: String,
     /// Initial members besides the caller (who becomes the owner).
     #[serde(default)]
@@ -109,7 +109,7 @@ pub struct TransferBody {
 
 #[derive(Deserialize, ToSchema)]
 pub struct GroupSendBody {
-    /// 1-64 bytes, unique per sender: makes the send idempotent.
+    /// 1-64 bytes without control characters, unique per sender: makes the send idempotent.
     pub client_msg_id: String,
     #[serde(default = "text_type")]
     pub content_type: u32,

@@ -94,7 +94,7 @@ impl From<crate::store::Stored> for SendAck {
 pub struct SendBody {
     /// Recipient user id.
     pub to: i64,
-    /// 1-64 bytes, unique per sender: makes the send idempotent.
+    /// 1-64 bytes without control characters, unique per sender: makes the send idempotent.
     pub client_msg_id: String,
     /// Below 0xF000; default 1 (UTF-8 text).
     #[serde(default = "text_type")]

@@ -14,7 +14,7 @@ use super::accounts::UserJson;
 pub struct S2cPush {
     /// Recipient user ids (distinct; at most 1000).
     pub to: Vec<i64>,
-    /// 1-64 bytes, unique per key: makes the push idempotent.
+    /// 1-64 bytes without control characters, unique per key: makes the push idempotent.
     pub client_msg_id: String,
     /// Below 0xF000; default 1.
     pub content_type: u32,

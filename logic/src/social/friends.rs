@@ -63,11 +63,7 @@ impl LogicService {
                 "you cannot befriend yourself".into(),
             ));
         }
-        if note.len() > MAX_NOTE {
-            return Err(SocialError::BadRequest(format!(
-                "note must be at most {MAX_NOTE} bytes"
-            )));
-        }
+        super::check_text("note", note, 0, MAX_NOTE, true)?;
         self.require_user(to).await?;
         if self.store.has_blocked(to, me).await? {
             return Err(SocialError::Blocked);

@@ -73,11 +73,7 @@ impl LogicService {
         policy: JoinPolicy,
     ) -> SocialResult<GroupRecord> {
         let name = name.trim();
-        if name.is_empty() || name.len() > MAX_GROUP_NAME {
-            return Err(SocialError::BadRequest(format!(
-                "group name must be 1-{MAX_GROUP_NAME} bytes"
-            )));
-        }
+        super::check_text("group name", name, 1, MAX_GROUP_NAME, false)?;
         let members = self.known_users(members).await?;
         let others = members.iter().filter(|u| **u != me).count();
         self.check_size(1, others)?;
@@ -123,9 +119,7 @@ impl LogicService {
                 "this group is joined by invitation only".into(),
             )),
             JoinPolicy::Approval => {
-                if note.len() > super::friends::MAX_NOTE {
-                    return Err(SocialError::BadRequest("note is too long".into()));
-                }
+                super::check_text("note", note, 0, super::friends::MAX_NOTE, true)?;
                 self.store
                     .add_join_request(group, me, note, now_ms())
                     .await?;
@@ -234,11 +228,7 @@ impl LogicService {
     pub async fn set_announcement(&self, me: i64, group: i64, text: &str) -> SocialResult<()> {
         let (_, m) = self.as_member(group, me).await?;
         perms::require_role(&m, Role::Admin, "set the announcement")?;
-        if text.len() > MAX_ANNOUNCEMENT {
-            return Err(SocialError::BadRequest(format!(
-                "announcement must be at most {MAX_ANNOUNCEMENT} bytes"
-            )));
-        }
+        super::check_text("announcement", text, 0, MAX_ANNOUNCEMENT, true)?;
         Ok(self.store.set_announcement(group, text).await?)
     }
 

@@ -44,6 +44,33 @@ impl Default for SocialConfig {
     }
 }
 
+/// Free text users give (group names, notes, announcements): `min..=max`
+/// bytes and no control characters; `multiline` text may hold line breaks
+/// and tabs. Postgres refuses NUL in text, which would otherwise surface
+/// as a storage error instead of a bad request.
+pub fn check_text(
+    what: &str,
+    text: &str,
+    min: usize,
+    max: usize,
+    multiline: bool,
+) -> SocialResult<()> {
+    if text.len() < min || text.len() > max {
+        return Err(SocialError::BadRequest(if min > 0 {
+            format!("{what} must be {min}-{max} bytes")
+        } else {
+            format!("{what} must be at most {max} bytes")
+        }));
+    }
+    let layout = |c: char| multiline && matches!(c, '\n' | '\r' | '\t');
+    if text.chars().any(|c| c.is_control() && !layout(c)) {
+        return Err(SocialError::BadRequest(format!(
+            "{what} must not contain control characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Why a social operation was refused; each variant has a stable code.
 #[derive(Debug, thiserror::Error)]
 pub enum SocialError {
@@ -125,4 +152,23 @@ pub type SocialResult<T> = Result<T, SocialError>;
 
 pub(crate) fn now_ms() -> i64 {
     im_proto::now_ms() as i64
+}
+
+#[cfg(test)]
+mod text_tests {
+    use super::check_text;
+
+    #[test]
+    fn text_is_bounded_and_free_of_control_characters() {
+        assert!(check_text("name", "team", 1, 64, false).is_ok());
+        assert!(check_text("name", "", 1, 64, false).is_err());
+        assert!(check_text("name", &"x".repeat(65), 1, 64, false).is_err());
+        assert!(check_text("name", "a\0b", 1, 64, false).is_err());
+        assert!(check_text("name", "a\nb", 1, 64, false).is_err());
+        assert!(check_text("note", "a\nb\tc\r\n", 0, 64, true).is_ok());
+        assert!(check_text("note", "a\0b", 0, 64, true).is_err());
+        assert!(check_text("note", "a\u{7f}b", 0, 64, true).is_err());
+        assert!(check_text("note", "", 0, 64, true).is_ok());
+        assert!(check_text("note", "日本語", 0, 64, true).is_ok());
+    }
 }
