@@ -103,6 +103,7 @@ impl GrpcLogic {
                 "at least one logic address is needed",
             ));
         }
+        crate::metrics::LOGIC_ENDPOINTS.set(endpoints.len() as i64);
         Ok(GrpcLogic {
             targets,
             resolver,
@@ -147,6 +148,7 @@ impl GrpcLogic {
             return false;
         }
         tracing::info!(endpoints = ?found, "logic endpoints changed");
+        crate::metrics::LOGIC_ENDPOINTS.set(next.len() as i64);
         *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
         true
     }

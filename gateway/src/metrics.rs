@@ -15,6 +15,14 @@ pub static CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
     .expect("register im_gateway_connections")
 });
 
+pub static LOGIC_ENDPOINTS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "im_gateway_logic_endpoints",
+        "Logic endpoints the gateway sends to (what its logic addresses resolve to)"
+    )
+    .expect("register im_gateway_logic_endpoints")
+});
+
 pub static ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "im_gateway_connections_accepted_total",
