@@ -167,3 +167,18 @@ async fn logic_answers_every_request_but_fire_and_forget_acks() -> anyhow::Resul
     assert_eq!(seen, [2, 3]);
     Ok(())
 }
+
+/// A gateway given two logic addresses streams to both and says so.
+#[tokio::test]
+async fn the_gateway_reports_the_logic_endpoints_it_uses() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, 2).await?;
+    let metrics = reqwest::get(format!("http://{}/metrics", cluster.gateway_http[0]))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.lines().any(|l| l == "im_gateway_logic_endpoints 2"),
+        "{metrics}"
+    );
+    Ok(())
+}
