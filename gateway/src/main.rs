@@ -105,7 +105,13 @@ async fn main() -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(GatewayServer::new(GatewayGrpc(gw.clone())))
+            .add_service(
+                // Logic splits pushes into calls of ~1 MiB of messages; a
+                // call with one message is as large as that message.
+                GatewayServer::new(GatewayGrpc(gw.clone())).max_decoding_message_size(
+                    (4 << 20).max(2 * cli.gateway.max_body + (64 << 10)),
+                ),
+            )
             .serve_with_shutdown(cli.grpc_addr, async move { grpc_stop.cancelled().await }),
     );
     let tcp_task = tokio::spawn(tcp::serve(gw.clone(), tcp));

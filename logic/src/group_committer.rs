@@ -179,7 +179,7 @@ async fn run_pushes(
         let calls = plans.into_iter().map(|(addr, batch)| {
             let gateways = gateways.clone();
             async move {
-                if let Err(e) = gateways.push(&addr, batch).await {
+                if let Err(e) = crate::pusher::push_in_calls(gateways.as_ref(), &addr, batch).await {
                     tracing::warn!(gateway = %addr, error = %e, "group push failed; members pull the messages");
                     metrics::PUSH_FAILURES.inc();
                 }

@@ -99,6 +99,66 @@ impl Pusher {
     }
 }
 
+/// The most message bytes in one push call. A write-diffusion group message
+/// is one copy per member, each with its own sequence: 60 KB to 100 members
+/// on one gateway was a 6 MB call, over the 4 MB a gRPC server decodes by
+/// default, and the push failed.
+pub const PUSH_CALL_BYTES: usize = 1024 * 1024;
+
+/// Splits a batch into calls of at most `budget` bytes of messages, in
+/// order: items in sequence, a user's messages split across consecutive
+/// items when they do not fit (a message larger than the budget goes alone).
+pub fn split_batch(batch: PushBatch, budget: usize) -> Vec<PushBatch> {
+    let mut calls = vec![PushBatch::default()];
+    let mut used = 0;
+    for item in batch.items {
+        let mut piece = PushItem {
+            conn_ids: item.conn_ids.clone(),
+            messages: Vec::new(),
+        };
+        for m in item.messages {
+            let size = im_proto::prost::Message::encoded_len(&m);
+            if used + size > budget && used > 0 {
+                if !piece.messages.is_empty() {
+                    let next = PushItem {
+                        conn_ids: item.conn_ids.clone(),
+                        messages: Vec::new(),
+                    };
+                    calls
+                        .last_mut()
+                        .expect("one")
+                        .items
+                        .push(std::mem::replace(&mut piece, next));
+                }
+                calls.push(PushBatch::default());
+                used = 0;
+            }
+            used += size;
+            piece.messages.push(m);
+        }
+        if !piece.messages.is_empty() {
+            calls.last_mut().expect("one").items.push(piece);
+        }
+    }
+    calls.retain(|c| !c.items.is_empty());
+    calls
+}
+
+/// Pushes `batch` to one gateway in calls of at most [`PUSH_CALL_BYTES`],
+/// one after the other; returns the connection ids it no longer has. After a
+/// failed call the rest is not sent (it is in the inbox or the group).
+pub async fn push_in_calls(
+    gateways: &dyn GatewayApi,
+    addr: &str,
+    batch: PushBatch,
+) -> Result<Vec<u64>, im_common::api::ApiError> {
+    let mut missing = Vec::new();
+    for part in split_batch(batch, PUSH_CALL_BYTES) {
+        missing.extend(gateways.push(addr, part).await?.missing_conn_ids);
+    }
+    Ok(missing)
+}
+
 async fn push_once(
     routes_table: &dyn RouteTable,
     gateways: &dyn GatewayApi,
@@ -123,9 +183,11 @@ async fn push_once(
         }
     };
     let plans = plan_pushes(&deliveries, &live);
+    // One gateway's calls one after the other (they carry its users'
+    // messages in order); the gateways side by side.
     let calls = plans.into_iter().map(|(addr, batch)| async move {
-        match gateways.push(&addr, batch).await {
-            Ok(reply) => (addr, reply.missing_conn_ids),
+        match push_in_calls(gateways, &addr, batch).await {
+            Ok(missing) => (addr, missing),
             Err(e) => {
                 tracing::warn!(gateway = %addr, error = %e, "push failed; messages stay in the inbox");
                 metrics::PUSH_FAILURES.inc();
@@ -175,6 +237,53 @@ mod tests {
             },
             gate_addr: format!("addr-{gate}"),
         }
+    }
+
+    #[test]
+    fn large_batches_split_into_calls_in_order() {
+        let msg = |seq: u64, size: usize| Message {
+            seq,
+            body: vec![b'x'; size].into(),
+            ..Default::default()
+        };
+        let item = |conn: u64, seqs: std::ops::Range<u64>, size: usize| PushItem {
+            conn_ids: vec![conn],
+            messages: seqs.map(|s| msg(s, size)).collect(),
+        };
+        // Three users: 10 x 300 B, 1 x 5,000 B (over the budget), 4 x 300 B.
+        let batch = PushBatch {
+            items: vec![
+                item(1, 1..11, 300),
+                item(2, 1..2, 5_000),
+                item(3, 1..5, 300),
+            ],
+        };
+        let calls = split_batch(batch.clone(), 1_000);
+        for c in &calls {
+            let bytes: usize = c
+                .items
+                .iter()
+                .flat_map(|i| &i.messages)
+                .map(im_proto::prost::Message::encoded_len)
+                .sum();
+            assert!(bytes <= 1_000 || c.items.iter().map(|i| i.messages.len()).sum::<usize>() == 1);
+        }
+        // Flattened, the calls hold the same (connection, seq) pairs in the same order.
+        let flat = |calls: &[PushBatch]| -> Vec<(u64, u64)> {
+            calls
+                .iter()
+                .flat_map(|c| &c.items)
+                .flat_map(|i| i.messages.iter().map(|m| (i.conn_ids[0], m.seq)))
+                .collect()
+        };
+        assert_eq!(flat(&calls), flat(std::slice::from_ref(&batch)));
+        assert!(calls.len() >= 6, "{} calls", calls.len());
+        // Small batches stay one call.
+        let small = PushBatch {
+            items: vec![item(1, 1..3, 10)],
+        };
+        assert_eq!(split_batch(small.clone(), 1_000), vec![small]);
+        assert!(split_batch(PushBatch::default(), 1_000).is_empty());
     }
 
     #[test]
