@@ -124,6 +124,15 @@ pub trait GatewayApi: Send + Sync + 'static {
 }
 
 /// A ready reply future.
+/// The largest gRPC message between gateway and logic for a given max
+/// body: one client message with room to spare, a pull page (~1 MiB of
+/// bodies plus one message) or a push call (~1 MiB, or one message alone);
+/// never below tonic's default of 4 MiB. Over the limit a streamed message
+/// breaks the whole upstream stream, and every connection's requests in it.
+pub fn grpc_message_limit(max_body: usize) -> usize {
+    (4 << 20).max(2 * max_body + (1 << 20) + (64 << 10))
+}
+
 pub fn ready_reply(reply: UpReply) -> ReplyFuture {
     Box::pin(std::future::ready(reply))
 }

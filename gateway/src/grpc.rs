@@ -45,6 +45,9 @@ struct UpStream {
     alive: AtomicBool,
 }
 
+/// tonic's default for decoding.
+const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
+
 /// One logic address and the stream to it.
 pub struct LogicEndpoint {
     addr: String,
@@ -55,7 +58,7 @@ pub struct LogicEndpoint {
 }
 
 impl LogicEndpoint {
-    fn new(addr: &str) -> Result<LogicEndpoint, ApiError> {
+    fn new(addr: &str, max_message: usize) -> Result<LogicEndpoint, ApiError> {
         let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|e| ApiError::bad_request(format!("bad logic address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
@@ -64,7 +67,9 @@ impl LogicEndpoint {
         Ok(LogicEndpoint {
             addr: addr.to_string(),
             key: discovery::endpoint_key(addr),
-            client: LogicClient::new(endpoint.connect_lazy()),
+            client: LogicClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
             stream: tokio::sync::Mutex::new(None),
         })
     }
@@ -81,6 +86,8 @@ pub struct GrpcLogic {
     sticky: Sticky<LogicEndpoint>,
     next_req: AtomicU64,
     round_robin: AtomicUsize,
+    /// Largest gRPC message either way ([`im_common::api::grpc_message_limit`]).
+    max_message: usize,
 }
 
 impl GrpcLogic {
@@ -96,7 +103,7 @@ impl GrpcLogic {
             .collect::<Result<Vec<_>, _>>()?;
         let endpoints = addrs
             .iter()
-            .map(|a| LogicEndpoint::new(a).map(Arc::new))
+            .map(|a| LogicEndpoint::new(a, DEFAULT_MAX_MESSAGE).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
             return Err(ApiError::bad_request(
@@ -111,7 +118,20 @@ impl GrpcLogic {
             sticky: Sticky::default(),
             next_req: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
+            max_message: DEFAULT_MAX_MESSAGE,
         })
+    }
+
+    /// Sets the largest gRPC message to and from logic (default 4 MiB).
+    pub fn max_message(mut self, bytes: usize) -> GrpcLogic {
+        self.max_message = bytes;
+        let eps: Vec<Arc<LogicEndpoint>> = self
+            .snapshot()
+            .iter()
+            .filter_map(|e| LogicEndpoint::new(&e.addr, bytes).ok().map(Arc::new))
+            .collect();
+        *self.endpoints.get_mut().unwrap_or_else(|e| e.into_inner()) = Arc::new(eps);
+        self
     }
 
     /// The endpoints in use now.
@@ -141,7 +161,7 @@ impl GrpcLogic {
             .iter()
             .filter_map(|a| match current.iter().find(|e| &e.addr == a) {
                 Some(e) => Some(e.clone()),
-                None => LogicEndpoint::new(a).map(Arc::new).ok(),
+                None => LogicEndpoint::new(a, self.max_message).map(Arc::new).ok(),
             })
             .collect();
         if next.is_empty() {

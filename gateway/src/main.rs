@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use im_common::admin::{Readiness, admin_router};
+use im_common::api::grpc_message_limit;
 use im_common::route::RedisRouteTable;
 use im_common::shutdown::{CancellationToken, wait_for_signal};
 use im_gateway::cli::GatewayArgs;
@@ -75,7 +76,11 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("failed to connect to Redis")?,
     );
-    let logic = Arc::new(GrpcLogic::new(&cli.logic_addrs).map_err(anyhow::Error::msg)?);
+    let logic = Arc::new(
+        GrpcLogic::new(&cli.logic_addrs)
+            .map_err(anyhow::Error::msg)?
+            .max_message(grpc_message_limit(cli.gateway.max_body)),
+    );
     if cli.logic_resolve_secs > 0 {
         logic.refresh().await;
         logic.spawn_discovery(Duration::from_secs(cli.logic_resolve_secs));
@@ -106,11 +111,8 @@ async fn main() -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(
-                // Logic splits pushes into calls of ~1 MiB of messages; a
-                // call with one message is as large as that message.
-                GatewayServer::new(GatewayGrpc(gw.clone())).max_decoding_message_size(
-                    (4 << 20).max(2 * cli.gateway.max_body + (64 << 10)),
-                ),
+                GatewayServer::new(GatewayGrpc(gw.clone()))
+                    .max_decoding_message_size(grpc_message_limit(cli.gateway.max_body)),
             )
             .serve_with_shutdown(cli.grpc_addr, async move { grpc_stop.cancelled().await }),
     );

@@ -101,7 +101,10 @@ async fn main() -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(LogicServer::new(LogicGrpc::new(svc)))
+            .add_service(
+                LogicServer::new(LogicGrpc::new(svc))
+                    .max_decoding_message_size(im_common::api::grpc_message_limit(cli.max_body)),
+            )
             .serve_with_shutdown(grpc_addr, async move { grpc_stop.cancelled().await }),
     );
     readiness.set(true);
