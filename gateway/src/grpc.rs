@@ -45,9 +45,6 @@ struct UpStream {
     alive: AtomicBool,
 }
 
-/// tonic's default for decoding.
-const DEFAULT_MAX_MESSAGE: usize = 4 << 20;
-
 /// One logic address and the stream to it.
 pub struct LogicEndpoint {
     addr: String,
@@ -91,19 +88,25 @@ pub struct GrpcLogic {
 }
 
 impl GrpcLogic {
-    /// A client of `addrs` as given; [`GrpcLogic::refresh`] resolves them.
-    pub fn new(addrs: &[String]) -> Result<GrpcLogic, ApiError> {
-        GrpcLogic::with_resolver(addrs, discovery::dns_resolver())
+    /// A client of `addrs` as given ([`GrpcLogic::refresh`] resolves them),
+    /// exchanging gRPC messages of up to `max_message` bytes
+    /// ([`im_common::api::grpc_message_limit`]).
+    pub fn new(addrs: &[String], max_message: usize) -> Result<GrpcLogic, ApiError> {
+        GrpcLogic::with_resolver(addrs, discovery::dns_resolver(), max_message)
     }
 
-    pub fn with_resolver(addrs: &[String], resolver: Resolver) -> Result<GrpcLogic, ApiError> {
+    pub fn with_resolver(
+        addrs: &[String],
+        resolver: Resolver,
+        max_message: usize,
+    ) -> Result<GrpcLogic, ApiError> {
         let targets = addrs
             .iter()
             .map(|a| Target::parse(a))
             .collect::<Result<Vec<_>, _>>()?;
         let endpoints = addrs
             .iter()
-            .map(|a| LogicEndpoint::new(a, DEFAULT_MAX_MESSAGE).map(Arc::new))
+            .map(|a| LogicEndpoint::new(a, max_message).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
             return Err(ApiError::bad_request(
@@ -118,20 +121,8 @@ impl GrpcLogic {
             sticky: Sticky::default(),
             next_req: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
-            max_message: DEFAULT_MAX_MESSAGE,
+            max_message,
         })
-    }
-
-    /// Sets the largest gRPC message to and from logic (default 4 MiB).
-    pub fn max_message(mut self, bytes: usize) -> GrpcLogic {
-        self.max_message = bytes;
-        let eps: Vec<Arc<LogicEndpoint>> = self
-            .snapshot()
-            .iter()
-            .filter_map(|e| LogicEndpoint::new(&e.addr, bytes).ok().map(Arc::new))
-            .collect();
-        *self.endpoints.get_mut().unwrap_or_else(|e| e.into_inner()) = Arc::new(eps);
-        self
     }
 
     /// The endpoints in use now.
@@ -444,7 +435,7 @@ mod tests {
         let (a, b) = (Pod::start().await, Pod::start().await);
         let (resolver, dns) = fake_dns();
         let name = "http://logic-headless.test:9000".to_string();
-        let logic = GrpcLogic::with_resolver(&[name], resolver).unwrap();
+        let logic = GrpcLogic::with_resolver(&[name], resolver, 4 << 20).unwrap();
         (a, b, logic, dns)
     }
 
@@ -505,7 +496,7 @@ mod tests {
     #[tokio::test]
     async fn an_ack_is_sent_without_waiting_or_holding_the_user() {
         let a = Pod::start().await;
-        let logic = GrpcLogic::new(&[format!("http://{}", a.addr)]).unwrap();
+        let logic = GrpcLogic::new(&[format!("http://{}", a.addr)], 4 << 20).unwrap();
         a.hold.send_replace(true);
         let ack = UpRequest {
             user_id: 5,

@@ -77,9 +77,8 @@ async fn main() -> anyhow::Result<()> {
             .context("failed to connect to Redis")?,
     );
     let logic = Arc::new(
-        GrpcLogic::new(&cli.logic_addrs)
-            .map_err(anyhow::Error::msg)?
-            .max_message(grpc_message_limit(cli.gateway.max_body)),
+        GrpcLogic::new(&cli.logic_addrs, grpc_message_limit(cli.gateway.max_body))
+            .map_err(anyhow::Error::msg)?,
     );
     if cli.logic_resolve_secs > 0 {
         logic.refresh().await;
