@@ -109,6 +109,13 @@ pub const PUSH_CALL_BYTES: usize = 1024 * 1024;
 /// order: items in sequence, a user's messages split across consecutive
 /// items when they do not fit (a message larger than the budget goes alone).
 pub fn split_batch(batch: PushBatch, budget: usize) -> Vec<PushBatch> {
+    if batch.items.is_empty() {
+        return Vec::new();
+    }
+    // The usual push (small messages) as it is.
+    if im_proto::prost::Message::encoded_len(&batch) <= budget {
+        return vec![batch];
+    }
     let mut calls = vec![PushBatch::default()];
     let mut used = 0;
     for item in batch.items {
