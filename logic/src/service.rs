@@ -36,22 +36,36 @@ pub struct LogicConfig {
 
 pub const MAX_CLIENT_MSG_ID: usize = 64;
 
-/// A client message id: 1 to [`MAX_CLIENT_MSG_ID`] bytes, no control
-/// characters. Postgres refuses NUL in text, and the statement that fails
-/// stores a whole batch: one such id would fail every other message that
-/// shares its batch.
+/// What is wrong with text a user gave, if anything: outside `min..=max`
+/// bytes, or a control character (`multiline` text may hold line breaks and
+/// tabs). Postgres refuses NUL in text; the statement it fails may store a
+/// whole batch, and every other message in that batch would fail with it.
+pub fn text_problem(
+    what: &str,
+    text: &str,
+    min: usize,
+    max: usize,
+    multiline: bool,
+) -> Option<String> {
+    if text.len() < min || text.len() > max {
+        return Some(if min > 0 {
+            format!("{what} must be {min}-{max} bytes")
+        } else {
+            format!("{what} must be at most {max} bytes")
+        });
+    }
+    let layout = |c: char| multiline && matches!(c, '\n' | '\r' | '\t');
+    text.chars()
+        .any(|c| c.is_control() && !layout(c))
+        .then(|| format!("{what} must not contain control characters"))
+}
+
+/// A client message id: 1 to [`MAX_CLIENT_MSG_ID`] bytes, no control characters.
 pub fn check_client_msg_id(id: &str) -> Result<(), ApiError> {
-    if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID {
-        return Err(ApiError::bad_request(format!(
-            "client_msg_id must be 1..={MAX_CLIENT_MSG_ID} bytes"
-        )));
+    match text_problem("client_msg_id", id, 1, MAX_CLIENT_MSG_ID, false) {
+        Some(why) => Err(ApiError::bad_request(why)),
+        None => Ok(()),
     }
-    if id.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "client_msg_id must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 /// What a second login of a user on the same device type does.

@@ -13,7 +13,7 @@ use im_proto::logic::{PushBatch, PushItem, UpReply, up_reply};
 
 use crate::metrics;
 use crate::pusher::Origin;
-use crate::service::{LogicService, check_client_msg_id};
+use crate::service::{LogicService, MAX_CLIENT_MSG_ID};
 use crate::store::{NewMessage, SendPolicy, Stored};
 
 use super::perms::{self, Diffusion};
@@ -93,9 +93,13 @@ impl LogicService {
         if req.group_id <= 0 {
             return bad("`group_id` is required".into());
         }
-        if let Err(e) = check_client_msg_id(&req.client_msg_id) {
-            return bad(e.message);
-        }
+        super::check_text(
+            "client_msg_id",
+            &req.client_msg_id,
+            1,
+            MAX_CLIENT_MSG_ID,
+            false,
+        )?;
         if req.body.len() > self.cfg.max_body {
             return bad(format!("body exceeds {} bytes", self.cfg.max_body));
         }

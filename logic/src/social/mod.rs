@@ -44,10 +44,8 @@ impl Default for SocialConfig {
     }
 }
 
-/// Free text users give (group names, notes, announcements): `min..=max`
-/// bytes and no control characters; `multiline` text may hold line breaks
-/// and tabs. Postgres refuses NUL in text, which would otherwise surface
-/// as a storage error instead of a bad request.
+/// Free text users give (group names, notes, announcements), checked as
+/// [`crate::service::text_problem`] says.
 pub fn check_text(
     what: &str,
     text: &str,
@@ -55,20 +53,10 @@ pub fn check_text(
     max: usize,
     multiline: bool,
 ) -> SocialResult<()> {
-    if text.len() < min || text.len() > max {
-        return Err(SocialError::BadRequest(if min > 0 {
-            format!("{what} must be {min}-{max} bytes")
-        } else {
-            format!("{what} must be at most {max} bytes")
-        }));
+    match crate::service::text_problem(what, text, min, max, multiline) {
+        Some(why) => Err(SocialError::BadRequest(why)),
+        None => Ok(()),
     }
-    let layout = |c: char| multiline && matches!(c, '\n' | '\r' | '\t');
-    if text.chars().any(|c| c.is_control() && !layout(c)) {
-        return Err(SocialError::BadRequest(format!(
-            "{what} must not contain control characters"
-        )));
-    }
-    Ok(())
 }
 
 /// Why a social operation was refused; each variant has a stable code.
