@@ -112,7 +112,8 @@ impl Store {
         acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<NewlyReceipted, StoreError> {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(ack_sql(sql::padded_len(acks.len()))));
+        let n = sql::padded_len(acks.len());
+        let mut query = sqlx::query(sql::cached(("acks", n, 0), || ack_sql(n)));
         for a in acks {
             query = query
                 .bind(a.user)
@@ -229,8 +230,8 @@ impl Store {
         ranges: &[AckRange],
         now_ms: u64,
     ) -> Result<NewlyReceipted, StoreError> {
-        let q = covered_sql(sql::padded_len(ranges.len()));
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
+        let n = sql::padded_len(ranges.len());
+        let mut query = sqlx::query(sql::cached(("covered", n, 0), || covered_sql(n)));
         for r in ranges {
             query = query.bind(r.user).bind(r.device).bind(r.old).bind(r.new);
         }
