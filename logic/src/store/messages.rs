@@ -134,10 +134,8 @@ impl Store {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let known = self.lock_users(&mut *tx, &users).await?;
-
-        // 1b. The one-to-one policy, for every checked message at once.
-        let refused = self.policy_refusals(&mut *tx, items).await?;
+        // 1b. With the one-to-one policy, for every checked message at once.
+        let (known, refused) = self.lock_and_check(&mut *tx, &users, items).await?;
 
         // 2. Refusals; one candidate per (sender, client_msg_id), later
         // copies follow the first.
@@ -409,53 +407,89 @@ impl Store {
         Ok(next_seq)
     }
 
-    /// (sender, target) pairs of the batch's one-to-one messages the policy
-    /// refuses, with the reason; one query for blocks and (under
+    /// Locks `users` ([`Self::lock_users`]) and finds the (sender, target)
+    /// pairs of the batch's one-to-one messages the policy refuses, with the
+    /// reason. On Postgres, when the lists fit one statement, that is one
+    /// round trip (the locks in a CTE, the blocks and friendships beside
+    /// them); otherwise one for the locks, one for blocks and (under
     /// friends-only) one for friendships.
-    async fn policy_refusals(
+    async fn lock_and_check(
         &self,
         tx: &mut AnyConnection,
+        users: &[i64],
         items: &[NewMessage],
-    ) -> Result<HashMap<(i64, i64), &'static str>, StoreError> {
-        let mut pairs: HashMap<(i64, i64), bool> = HashMap::new();
-        for m in items {
-            if let SendPolicy::C2c { friends_only } = m.policy
-                && m.sender != m.target
-            {
-                *pairs.entry((m.sender, m.target)).or_default() |= friends_only;
+    ) -> Result<(HashSet<i64>, Refusals), StoreError> {
+        let policy = PolicyPairs::of(items);
+        let limit = sql::MAX_ROWS_PER_INSERT;
+        let fits = users.len() <= limit && policy.senders.len().max(policy.targets.len()) <= limit;
+        if self.backend() != super::Backend::Postgres || !fits {
+            let known = self.lock_users(&mut *tx, users).await?;
+            if policy.pairs.is_empty() {
+                return Ok((known, Refusals::new()));
             }
+            // A block is stored as (blocker, blocked): the recipient blocked the sender.
+            let blocks =
+                pairs_in(tx, "blocks", "blocked_id", &policy.targets, &policy.senders).await?;
+            let friends = if policy.friends_only {
+                pairs_in(tx, "friends", "friend_id", &policy.senders, &policy.targets).await?
+            } else {
+                HashSet::new()
+            };
+            return Ok((known, policy.refusals(&blocks, &friends)));
         }
-        let mut refused = HashMap::new();
-        if pairs.is_empty() {
-            return Ok(refused);
-        }
-        let senders: Vec<i64> = pairs
-            .keys()
-            .map(|p| p.0)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let targets: Vec<i64> = pairs
-            .keys()
-            .map(|p| p.1)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        // A block is stored as (blocker, blocked): the recipient blocked the sender.
-        let blocks = pairs_in(tx, "blocks", "blocked_id", &targets, &senders).await?;
-        let friends = if pairs.values().any(|f| *f) {
-            pairs_in(tx, "friends", "friend_id", &senders, &targets).await?
+        let nu = sql::padded_len(users.len());
+        let np = if policy.pairs.is_empty() {
+            0
         } else {
-            HashSet::new()
+            sql::padded_len(policy.senders.len().max(policy.targets.len()))
         };
-        for (&(sender, target), &friends_only) in &pairs {
-            if blocks.contains(&(target, sender)) {
-                refused.insert((sender, target), BLOCKED_TEXT);
-            } else if friends_only && !friends.contains(&(sender, target)) {
-                refused.insert((sender, target), NOT_FRIENDS_TEXT);
+        let friends_only = policy.friends_only;
+        let q = sql::cached(
+            ("lock and check", nu, np * 2 + usize::from(friends_only)),
+            || lock_and_check_sql(nu, np, friends_only),
+        );
+        let mut query = sqlx::query(q);
+        for u in sql::padded_ids(users) {
+            query = query.bind(u);
+        }
+        if np > 0 {
+            let lists: &[&[i64]] = if friends_only {
+                &[
+                    &policy.targets,
+                    &policy.senders,
+                    &policy.senders,
+                    &policy.targets,
+                ]
+            } else {
+                &[&policy.targets, &policy.senders]
+            };
+            for list in lists {
+                let pad = list.last().copied().unwrap_or(0);
+                for v in list
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad, np - list.len()))
+                {
+                    query = query.bind(v);
+                }
             }
         }
-        Ok(refused)
+        let (mut known, mut blocks, mut friends) = (HashSet::new(), HashSet::new(), HashSet::new());
+        for row in query.fetch_all(&mut *tx).await? {
+            let (kind, a, b): (i64, i64, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            match kind {
+                0 => {
+                    known.insert(a);
+                }
+                1 => {
+                    blocks.insert((a, b));
+                }
+                _ => {
+                    friends.insert((a, b));
+                }
+            }
+        }
+        Ok((known, policy.refusals(&blocks, &friends)))
     }
 
     /// The acknowledgement first given for an already stored message.
@@ -515,6 +549,93 @@ impl Store {
         .await?;
         Ok(page(&rows, limit, false)?)
     }
+}
+
+/// Refusal texts by (sender, target).
+type Refusals = HashMap<(i64, i64), &'static str>;
+
+/// The one-to-one pairs of a batch the policy checks.
+struct PolicyPairs {
+    /// (sender, target) → whether friends-only applies.
+    pairs: HashMap<(i64, i64), bool>,
+    senders: Vec<i64>,
+    targets: Vec<i64>,
+    /// Whether any pair needs its friendship looked up.
+    friends_only: bool,
+}
+
+impl PolicyPairs {
+    fn of(items: &[NewMessage]) -> PolicyPairs {
+        let mut pairs: HashMap<(i64, i64), bool> = HashMap::new();
+        for m in items {
+            if let SendPolicy::C2c { friends_only } = m.policy
+                && m.sender != m.target
+            {
+                *pairs.entry((m.sender, m.target)).or_default() |= friends_only;
+            }
+        }
+        let distinct = |side: fn(&(i64, i64)) -> i64| -> Vec<i64> {
+            pairs
+                .keys()
+                .map(side)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        let (senders, targets) = (distinct(|p| p.0), distinct(|p| p.1));
+        let friends_only = pairs.values().any(|f| *f);
+        PolicyPairs {
+            pairs,
+            senders,
+            targets,
+            friends_only,
+        }
+    }
+
+    /// The refused pairs, given the (blocker, blocked) and (user, friend)
+    /// rows found among them.
+    fn refusals(&self, blocks: &HashSet<(i64, i64)>, friends: &HashSet<(i64, i64)>) -> Refusals {
+        let mut refused = Refusals::new();
+        for (&(sender, target), &friends_only) in &self.pairs {
+            if blocks.contains(&(target, sender)) {
+                refused.insert((sender, target), BLOCKED_TEXT);
+            } else if friends_only && !friends.contains(&(sender, target)) {
+                refused.insert((sender, target), NOT_FRIENDS_TEXT);
+            }
+        }
+        refused
+    }
+}
+
+/// Postgres: lock `users` user_seq rows in id order (bound as an id list)
+/// and, with `pairs` > 0, read the blocks among the batch's pairs (bound as
+/// the targets, then the senders, each padded to `pairs`) and, with
+/// `friends`, their friendships (the senders, then the targets). Rows are
+/// (0, user, 0) per known user, (1, blocker, blocked), (2, user, friend).
+fn lock_and_check_sql(users: usize, pairs: usize, friends: bool) -> String {
+    let mut q = format!(
+        "WITH l AS MATERIALIZED (SELECT user_id FROM user_seq WHERE user_id IN ({}) \
+         ORDER BY user_id FOR UPDATE) SELECT 0::int8, user_id, 0::int8 FROM l",
+        sql::list(users, 1)
+    );
+    if pairs > 0 {
+        let at = |k: usize| sql::list(pairs, users + 1 + k * pairs);
+        q.push_str(&format!(
+            " UNION ALL SELECT 1::int8, user_id, blocked_id FROM blocks \
+             WHERE user_id IN ({}) AND blocked_id IN ({})",
+            at(0),
+            at(1)
+        ));
+        if friends {
+            q.push_str(&format!(
+                " UNION ALL SELECT 2::int8, user_id, friend_id FROM friends \
+                 WHERE user_id IN ({}) AND friend_id IN ({})",
+                at(2),
+                at(3)
+            ));
+        }
+    }
+    q
 }
 
 /// Most inbox entries [`Store::reserve_inbox`] writes in one statement.
