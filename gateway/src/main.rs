@@ -106,14 +106,19 @@ async fn main() -> anyhow::Result<()> {
         .await
     });
     let grpc_stop = servers_stop.clone();
+    // Bound before the gateway registers and reports ready: with the push
+    // port taken, the server task used to fail on its own while the gateway
+    // stayed registered and ready, and every push to it failed.
+    let grpc = tonic::transport::server::TcpIncoming::bind(cli.grpc_addr)
+        .with_context(|| format!("failed to bind {}", cli.grpc_addr))?
+        .with_nodelay(Some(true));
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(
                 GatewayServer::new(GatewayGrpc(gw.clone()))
                     .max_decoding_message_size(grpc_message_limit(cli.gateway.max_body)),
             )
-            .serve_with_shutdown(cli.grpc_addr, async move { grpc_stop.cancelled().await }),
+            .serve_with_incoming_shutdown(grpc, async move { grpc_stop.cancelled().await }),
     );
     let tcp_task = tokio::spawn(tcp::serve(gw.clone(), tcp));
     let registration = tokio::spawn(gw.clone().run_registration());

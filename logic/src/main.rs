@@ -97,15 +97,18 @@ async fn main() -> anyhow::Result<()> {
             .await
     });
     let grpc_stop = stop.clone();
-    let grpc_addr = cli.grpc_addr;
+    // Bound here, not inside the server task: a taken port must fail the
+    // start, not leave a ready process that no gateway can reach.
+    let grpc = tonic::transport::server::TcpIncoming::bind(cli.grpc_addr)
+        .with_context(|| format!("failed to bind {}", cli.grpc_addr))?
+        .with_nodelay(Some(true));
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(
                 LogicServer::new(LogicGrpc::new(svc))
                     .max_decoding_message_size(im_common::api::grpc_message_limit(cli.max_body)),
             )
-            .serve_with_shutdown(grpc_addr, async move { grpc_stop.cancelled().await }),
+            .serve_with_incoming_shutdown(grpc, async move { grpc_stop.cancelled().await }),
     );
     readiness.set(true);
     tracing::info!(http = %cli.http_addr, grpc = %cli.grpc_addr, "im-logic ready");

@@ -182,3 +182,47 @@ async fn the_gateway_reports_the_logic_endpoints_it_uses() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+/// A gateway or logic process whose gRPC port is taken exits at start,
+/// saying so: both used to bind inside the server task, report ready and
+/// (the gateway) register itself, and every push to that gateway failed.
+#[tokio::test]
+async fn a_taken_grpc_port_fails_the_start() -> anyhow::Result<()> {
+    let cluster = Cluster::start(0, 1).await?;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken_addr = taken.local_addr()?.to_string();
+    let port = || format!("127.0.0.1:{}", free_port());
+    for (name, extra) in [
+        (
+            "im-gateway",
+            vec![
+                ("IM_TCP_ADDR", port()),
+                ("IM_LOGIC_ADDRS", cluster.logic_grpc.join(",")),
+            ],
+        ),
+        ("im-logic", vec![]),
+    ] {
+        let run = tokio::process::Command::new(bin(name)?)
+            .env("IM_DATABASE_URL", &cluster.database_url)
+            .env("IM_REDIS_URL", redis_url())
+            .env("IM_REDIS_PREFIX", &cluster.redis_prefix)
+            .env("IM_JWT_SECRET", "taken-port-test-secret-0123456789")
+            .env("IM_HTTP_ADDR", port())
+            .env("IM_GRPC_ADDR", &taken_addr)
+            .envs(extra)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .map_err(|_| anyhow::anyhow!("{name} kept running with its gRPC port taken"))??;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("failed to bind {taken_addr}")),
+            "{name}: {stderr}"
+        );
+    }
+    drop(taken);
+    Ok(())
+}
