@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use im_client::Endpoint;
-use im_tests::{Proc, free_port, unique, wait_http_ok};
+use im_tests::{Launch, Proc, local_addr, spawn_ready, unique};
 
 use crate::sys::Procs;
 
@@ -121,6 +121,9 @@ fn parse_env(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// How long a started server may take to report ready.
+const STARTUP: Duration = Duration::from_secs(60);
+
 impl Target {
     /// Stops the processes this run started and drops the database it
     /// created: left behind, a run's tables are vacuumed and analysed by
@@ -175,21 +178,27 @@ impl Target {
 
     async fn start_single(dir: &Path, extra: &[(String, String)]) -> anyhow::Result<Target> {
         let data = tempfile::Builder::new().prefix("im-bench-").tempdir()?;
-        let tcp = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
         let secret = format!("bench-secret-{}", unique("jwt"));
-        let args: Vec<String> = vec![
-            "--data-dir".into(),
-            data.path().display().to_string(),
-            "--tcp-addr".into(),
-            tcp.clone(),
-            "--http-addr".into(),
-            http.clone(),
-            "--jwt-secret".into(),
-            secret.clone(),
-        ];
-        let proc = Proc::spawn("im-server", bin(dir, "im-server")?, &args, extra)?;
-        wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(60)).await?;
+        let (proc, (tcp, http)) = spawn_ready("im-server", bin(dir, "im-server")?, STARTUP, || {
+            let (tcp, http) = (local_addr(), local_addr());
+            let args: Vec<String> = vec![
+                "--data-dir".into(),
+                data.path().display().to_string(),
+                "--tcp-addr".into(),
+                tcp.clone(),
+                "--http-addr".into(),
+                http.clone(),
+                "--jwt-secret".into(),
+                secret.clone(),
+            ];
+            let launch = Launch {
+                args,
+                env: extra.to_vec(),
+                http: http.clone(),
+            };
+            (launch, (tcp, http))
+        })
+        .await?;
         let pid = proc.pid();
         Ok(Target {
             mode: Mode::Single,
@@ -248,42 +257,57 @@ impl Target {
         };
         let mut grpc_addrs = Vec::new();
         for i in 0..args.logics.max(1) {
-            let http = format!("127.0.0.1:{}", free_port());
-            let grpc = format!("127.0.0.1:{}", free_port());
-            let mut env = common.clone();
-            env.push(("IM_HTTP_ADDR".into(), http.clone()));
-            env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
-            let p = Proc::spawn(&format!("logic-{i}"), bin(dir, "im-logic")?, &[], &env)?;
+            let (p, (http, grpc)) = spawn_ready(
+                &format!("logic-{i}"),
+                bin(dir, "im-logic")?,
+                STARTUP,
+                || {
+                    let (http, grpc) = (local_addr(), local_addr());
+                    let mut env = common.clone();
+                    env.push(("IM_HTTP_ADDR".into(), http.clone()));
+                    env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
+                    let launch = Launch {
+                        args: Vec::new(),
+                        env,
+                        http: http.clone(),
+                    };
+                    (launch, (http, grpc))
+                },
+            )
+            .await?;
             t.logic_pids.push(p.pid());
             t.procs.push(p);
             t.api.push(format!("http://{http}"));
             t.metrics_urls.push(format!("http://{http}/metrics"));
             grpc_addrs.push(format!("http://{grpc}"));
         }
-        for api in &t.api {
-            wait_http_ok(&format!("{api}/readyz"), Duration::from_secs(60)).await?;
-        }
-        let mut gw_http = Vec::new();
         for i in 0..args.gateways.max(1) {
-            let tcp = format!("127.0.0.1:{}", free_port());
-            let http = format!("127.0.0.1:{}", free_port());
-            let grpc = format!("127.0.0.1:{}", free_port());
-            let mut env = common.clone();
-            env.push(("IM_TCP_ADDR".into(), tcp.clone()));
-            env.push(("IM_HTTP_ADDR".into(), http.clone()));
-            env.push(("IM_GRPC_ADDR".into(), grpc));
-            env.push(("IM_GATE_ID".into(), format!("bench-gw-{i}")));
-            env.push(("IM_LOGIC_ADDRS".into(), grpc_addrs.join(",")));
-            env.push(("IM_DRAIN_SECS".into(), "1".into()));
-            let p = Proc::spawn(&format!("gateway-{i}"), bin(dir, "im-gateway")?, &[], &env)?;
+            let (p, (tcp, http)) = spawn_ready(
+                &format!("gateway-{i}"),
+                bin(dir, "im-gateway")?,
+                STARTUP,
+                || {
+                    let (tcp, http) = (local_addr(), local_addr());
+                    let mut env = common.clone();
+                    env.push(("IM_TCP_ADDR".into(), tcp.clone()));
+                    env.push(("IM_HTTP_ADDR".into(), http.clone()));
+                    env.push(("IM_GRPC_ADDR".into(), local_addr()));
+                    env.push(("IM_GATE_ID".into(), format!("bench-gw-{i}")));
+                    env.push(("IM_LOGIC_ADDRS".into(), grpc_addrs.join(",")));
+                    env.push(("IM_DRAIN_SECS".into(), "1".into()));
+                    let launch = Launch {
+                        args: Vec::new(),
+                        env,
+                        http: http.clone(),
+                    };
+                    (launch, (tcp, http))
+                },
+            )
+            .await?;
             t.gateway_pids.push(p.pid());
             t.procs.push(p);
             t.gateway_tcp.push(tcp);
             t.metrics_urls.push(format!("http://{http}/metrics"));
-            gw_http.push(http);
-        }
-        for http in &gw_http {
-            wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(60)).await?;
         }
         Ok(t)
     }

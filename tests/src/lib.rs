@@ -192,6 +192,61 @@ pub async fn wait_http_ok(url: &str, within: Duration) -> anyhow::Result<()> {
     }
 }
 
+/// How to start one server process: its arguments and environment, and
+/// the address whose `/readyz` says it is ready (`host:port`).
+pub struct Launch {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub http: String,
+}
+
+/// A fresh `127.0.0.1:port` (see [`free_port`]).
+pub fn local_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// Starts `program` as `launch` says and waits until it is ready. A port
+/// from [`free_port`] was free a moment ago, not now: when another process
+/// takes one first, the server exits at start (every server binds its ports
+/// before it reports ready), and this starts it again on the fresh ports
+/// of another `launch()`, up to three times. Returns the process and what
+/// that `launch()` returned beside the [`Launch`] (its addresses).
+pub async fn spawn_ready<T>(
+    name: &str,
+    program: PathBuf,
+    within: Duration,
+    mut launch: impl FnMut() -> (Launch, T),
+) -> anyhow::Result<(Proc, T)> {
+    let mut exits = 0;
+    loop {
+        let (l, extra) = launch();
+        let mut proc = Proc::spawn(name, program.clone(), &l.args, &l.env)?;
+        let url = format!("http://{}/readyz", l.http);
+        let deadline = Instant::now() + within;
+        loop {
+            if http_ok(&url).await {
+                return Ok((proc, extra));
+            }
+            if !proc.is_running() {
+                exits += 1;
+                if exits == 3 {
+                    bail!("{name} exited at start three times (see its log with IM_TEST_LOGS=1)");
+                }
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{url} did not become ready within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn http_ok(url: &str) -> bool {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    matches!(reqwest::get(url).await, Ok(r) if r.status().is_success())
+}
+
 /// One `im-server` process on SQLite in a temp dir.
 pub struct SingleNode {
     pub proc: Proc,
@@ -204,22 +259,33 @@ pub struct SingleNode {
 impl SingleNode {
     pub async fn start(extra: &[&str]) -> anyhow::Result<SingleNode> {
         let dir = tempfile::tempdir()?;
-        let tcp = format!("127.0.0.1:{}", free_port());
-        let http = format!("127.0.0.1:{}", free_port());
         let jwt_secret = format!("test-secret-{}", unique("jwt"));
-        let mut args: Vec<String> = vec![
-            "--data-dir".into(),
-            dir.path().display().to_string(),
-            "--tcp-addr".into(),
-            tcp.clone(),
-            "--http-addr".into(),
-            http.clone(),
-            "--jwt-secret".into(),
-            jwt_secret.clone(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn("im-server", bin("im-server")?, &args, &[])?;
-        wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(30)).await?;
+        let (proc, (tcp, http)) = spawn_ready(
+            "im-server",
+            bin("im-server")?,
+            Duration::from_secs(30),
+            || {
+                let (tcp, http) = (local_addr(), local_addr());
+                let mut args: Vec<String> = vec![
+                    "--data-dir".into(),
+                    dir.path().display().to_string(),
+                    "--tcp-addr".into(),
+                    tcp.clone(),
+                    "--http-addr".into(),
+                    http.clone(),
+                    "--jwt-secret".into(),
+                    jwt_secret.clone(),
+                ];
+                args.extend(extra.iter().map(|s| s.to_string()));
+                let launch = Launch {
+                    args,
+                    env: Vec::new(),
+                    http: http.clone(),
+                };
+                (launch, (tcp, http))
+            },
+        )
+        .await?;
         Ok(SingleNode {
             proc,
             tcp,
@@ -318,45 +384,54 @@ impl Cluster {
             redis_prefix,
         };
         for i in 0..logics {
-            let http = format!("127.0.0.1:{}", free_port());
-            let grpc = format!("127.0.0.1:{}", free_port());
-            let mut env = common_env.clone();
-            env.push(("IM_HTTP_ADDR".into(), http.clone()));
-            env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
-            cluster.logic.push(Proc::spawn(
+            let (proc, (http, grpc)) = spawn_ready(
                 &format!("logic-{i}"),
                 bin("im-logic")?,
-                &[],
-                &env,
-            )?);
+                Duration::from_secs(30),
+                || {
+                    let (http, grpc) = (local_addr(), local_addr());
+                    let mut env = common_env.clone();
+                    env.push(("IM_HTTP_ADDR".into(), http.clone()));
+                    env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
+                    let launch = Launch {
+                        args: Vec::new(),
+                        env,
+                        http: http.clone(),
+                    };
+                    (launch, (http, grpc))
+                },
+            )
+            .await?;
+            cluster.logic.push(proc);
             cluster.logic_http.push(http);
             cluster.logic_grpc.push(format!("http://{grpc}"));
         }
-        for http in &cluster.logic_http {
-            wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(30)).await?;
-        }
         for i in 0..gateways {
-            let tcp = format!("127.0.0.1:{}", free_port());
-            let http = format!("127.0.0.1:{}", free_port());
-            let grpc = format!("127.0.0.1:{}", free_port());
-            let mut env = common_env.clone();
-            env.push(("IM_TCP_ADDR".into(), tcp.clone()));
-            env.push(("IM_HTTP_ADDR".into(), http.clone()));
-            env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
-            env.push(("IM_GATE_ID".into(), format!("gw-{i}")));
-            env.push(("IM_LOGIC_ADDRS".into(), cluster.logic_grpc.join(",")));
-            env.push(("IM_DRAIN_SECS".into(), "1".into()));
-            cluster.gateways.push(Proc::spawn(
+            let (proc, (tcp, http)) = spawn_ready(
                 &format!("gateway-{i}"),
                 bin("im-gateway")?,
-                &[],
-                &env,
-            )?);
+                Duration::from_secs(30),
+                || {
+                    let (tcp, http) = (local_addr(), local_addr());
+                    let mut env = common_env.clone();
+                    env.push(("IM_TCP_ADDR".into(), tcp.clone()));
+                    env.push(("IM_HTTP_ADDR".into(), http.clone()));
+                    env.push(("IM_GRPC_ADDR".into(), local_addr()));
+                    env.push(("IM_GATE_ID".into(), format!("gw-{i}")));
+                    env.push(("IM_LOGIC_ADDRS".into(), cluster.logic_grpc.join(",")));
+                    env.push(("IM_DRAIN_SECS".into(), "1".into()));
+                    let launch = Launch {
+                        args: Vec::new(),
+                        env,
+                        http: http.clone(),
+                    };
+                    (launch, (tcp, http))
+                },
+            )
+            .await?;
+            cluster.gateways.push(proc);
             cluster.gateway_tcp.push(tcp);
             cluster.gateway_http.push(http);
-        }
-        for http in &cluster.gateway_http {
-            wait_http_ok(&format!("http://{http}/readyz"), Duration::from_secs(30)).await?;
         }
         Ok(cluster)
     }

@@ -191,12 +191,11 @@ async fn a_taken_grpc_port_fails_the_start() -> anyhow::Result<()> {
     let cluster = Cluster::start(0, 1).await?;
     let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
     let taken_addr = taken.local_addr()?.to_string();
-    let port = || format!("127.0.0.1:{}", free_port());
     for (name, extra) in [
         (
             "im-gateway",
             vec![
-                ("IM_TCP_ADDR", port()),
+                ("IM_TCP_ADDR", local_addr()),
                 ("IM_LOGIC_ADDRS", cluster.logic_grpc.join(",")),
             ],
         ),
@@ -207,7 +206,7 @@ async fn a_taken_grpc_port_fails_the_start() -> anyhow::Result<()> {
             .env("IM_REDIS_URL", redis_url())
             .env("IM_REDIS_PREFIX", &cluster.redis_prefix)
             .env("IM_JWT_SECRET", "taken-port-test-secret-0123456789")
-            .env("IM_HTTP_ADDR", port())
+            .env("IM_HTTP_ADDR", local_addr())
             .env("IM_GRPC_ADDR", &taken_addr)
             .envs(extra)
             .env("RUST_LOG", "warn")
@@ -223,6 +222,52 @@ async fn a_taken_grpc_port_fails_the_start() -> anyhow::Result<()> {
             "{name}: {stderr}"
         );
     }
+    drop(taken);
+    Ok(())
+}
+
+/// The harness starts a server again on fresh ports when one it picked was
+/// taken before the server bound it (the server exits at start).
+#[tokio::test]
+async fn a_server_whose_port_was_taken_is_started_again_on_fresh_ports() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken_addr = taken.local_addr()?.to_string();
+    let dir = tempfile::tempdir()?;
+    let mut tcp_addrs = Vec::new();
+    let (mut proc, tcp) = spawn_ready(
+        "im-server",
+        bin("im-server")?,
+        Duration::from_secs(30),
+        || {
+            let tcp = if tcp_addrs.is_empty() {
+                taken_addr.clone()
+            } else {
+                local_addr()
+            };
+            tcp_addrs.push(tcp.clone());
+            let http = local_addr();
+            let args = vec![
+                "--data-dir".into(),
+                dir.path().display().to_string(),
+                "--tcp-addr".into(),
+                tcp.clone(),
+                "--http-addr".into(),
+                http.clone(),
+                "--jwt-secret".into(),
+                "retry-test-secret-0123456789".into(),
+            ];
+            let launch = Launch {
+                args,
+                env: Vec::new(),
+                http,
+            };
+            (launch, tcp)
+        },
+    )
+    .await?;
+    assert_eq!(tcp_addrs.len(), 2, "{tcp_addrs:?}");
+    assert_ne!(tcp, taken_addr);
+    assert!(proc.is_running());
     drop(taken);
     Ok(())
 }
