@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use im_client::Endpoint;
-use im_tests::{Launch, Proc, local_addr, spawn_ready, unique};
+use im_tests::{Proc, start_gateway, start_logic, start_single, unique};
 
 use crate::sys::Procs;
 
@@ -179,25 +179,14 @@ impl Target {
     async fn start_single(dir: &Path, extra: &[(String, String)]) -> anyhow::Result<Target> {
         let data = tempfile::Builder::new().prefix("im-bench-").tempdir()?;
         let secret = format!("bench-secret-{}", unique("jwt"));
-        let (proc, (tcp, http)) = spawn_ready("im-server", bin(dir, "im-server")?, STARTUP, || {
-            let (tcp, http) = (local_addr(), local_addr());
-            let args: Vec<String> = vec![
-                "--data-dir".into(),
-                data.path().display().to_string(),
-                "--tcp-addr".into(),
-                tcp.clone(),
-                "--http-addr".into(),
-                http.clone(),
-                "--jwt-secret".into(),
-                secret.clone(),
-            ];
-            let launch = Launch {
-                args,
-                env: extra.to_vec(),
-                http: http.clone(),
-            };
-            (launch, (tcp, http))
-        })
+        let (proc, tcp, http) = start_single(
+            bin(dir, "im-server")?,
+            data.path(),
+            &secret,
+            &[],
+            extra,
+            STARTUP,
+        )
         .await?;
         let pid = proc.pid();
         Ok(Target {
@@ -257,51 +246,27 @@ impl Target {
         };
         let mut grpc_addrs = Vec::new();
         for i in 0..args.logics.max(1) {
-            let (p, (http, grpc)) = spawn_ready(
+            let (p, http, grpc) = start_logic(
                 &format!("logic-{i}"),
                 bin(dir, "im-logic")?,
+                &common,
                 STARTUP,
-                || {
-                    let (http, grpc) = (local_addr(), local_addr());
-                    let mut env = common.clone();
-                    env.push(("IM_HTTP_ADDR".into(), http.clone()));
-                    env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
-                    let launch = Launch {
-                        args: Vec::new(),
-                        env,
-                        http: http.clone(),
-                    };
-                    (launch, (http, grpc))
-                },
             )
             .await?;
             t.logic_pids.push(p.pid());
             t.procs.push(p);
             t.api.push(format!("http://{http}"));
             t.metrics_urls.push(format!("http://{http}/metrics"));
-            grpc_addrs.push(format!("http://{grpc}"));
+            grpc_addrs.push(grpc);
         }
         for i in 0..args.gateways.max(1) {
-            let (p, (tcp, http)) = spawn_ready(
-                &format!("gateway-{i}"),
+            let gate_id = format!("bench-gw-{i}");
+            let (p, tcp, http) = start_gateway(
                 bin(dir, "im-gateway")?,
+                &common,
+                &gate_id,
+                &grpc_addrs,
                 STARTUP,
-                || {
-                    let (tcp, http) = (local_addr(), local_addr());
-                    let mut env = common.clone();
-                    env.push(("IM_TCP_ADDR".into(), tcp.clone()));
-                    env.push(("IM_HTTP_ADDR".into(), http.clone()));
-                    env.push(("IM_GRPC_ADDR".into(), local_addr()));
-                    env.push(("IM_GATE_ID".into(), format!("bench-gw-{i}")));
-                    env.push(("IM_LOGIC_ADDRS".into(), grpc_addrs.join(",")));
-                    env.push(("IM_DRAIN_SECS".into(), "1".into()));
-                    let launch = Launch {
-                        args: Vec::new(),
-                        env,
-                        http: http.clone(),
-                    };
-                    (launch, (tcp, http))
-                },
             )
             .await?;
             t.gateway_pids.push(p.pid());

@@ -242,6 +242,107 @@ pub async fn spawn_ready<T>(
     }
 }
 
+/// The [`Launch`] of an `im-server` (single node) on `tcp` and `http`,
+/// with its data in `data_dir`, plus `extra` arguments and `env`.
+pub fn single_launch(
+    data_dir: &std::path::Path,
+    tcp: &str,
+    http: &str,
+    jwt_secret: &str,
+    extra: &[String],
+    env: &[(String, String)],
+) -> Launch {
+    let mut args: Vec<String> = vec![
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--tcp-addr".into(),
+        tcp.into(),
+        "--http-addr".into(),
+        http.into(),
+        "--jwt-secret".into(),
+        jwt_secret.into(),
+    ];
+    args.extend(extra.iter().cloned());
+    Launch {
+        args,
+        env: env.to_vec(),
+        http: http.into(),
+    }
+}
+
+/// Starts an `im-server` (single node) on fresh ports; returns it with its
+/// TCP and HTTP addresses.
+pub async fn start_single(
+    program: PathBuf,
+    data_dir: &std::path::Path,
+    jwt_secret: &str,
+    extra: &[String],
+    env: &[(String, String)],
+    within: Duration,
+) -> anyhow::Result<(Proc, String, String)> {
+    let (proc, (tcp, http)) = spawn_ready("im-server", program, within, || {
+        let (tcp, http) = (local_addr(), local_addr());
+        let launch = single_launch(data_dir, &tcp, &http, jwt_secret, extra, env);
+        (launch, (tcp, http))
+    })
+    .await?;
+    Ok((proc, tcp, http))
+}
+
+/// Starts a logic process on fresh ports with `common` (database, Redis,
+/// secret, ...); returns it with its HTTP address and its gRPC URL.
+pub async fn start_logic(
+    name: &str,
+    program: PathBuf,
+    common: &[(String, String)],
+    within: Duration,
+) -> anyhow::Result<(Proc, String, String)> {
+    let (proc, (http, grpc)) = spawn_ready(name, program, within, || {
+        let (http, grpc) = (local_addr(), local_addr());
+        let mut env = common.to_vec();
+        env.push(("IM_HTTP_ADDR".into(), http.clone()));
+        env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
+        let launch = Launch {
+            args: Vec::new(),
+            env,
+            http: http.clone(),
+        };
+        (launch, (http, grpc))
+    })
+    .await?;
+    Ok((proc, http, format!("http://{grpc}")))
+}
+
+/// Starts a gateway `gate_id` on fresh ports with `common`, talking to the
+/// logic processes at `logic_grpc` (URLs); returns it with its TCP and HTTP
+/// addresses.
+pub async fn start_gateway(
+    program: PathBuf,
+    common: &[(String, String)],
+    gate_id: &str,
+    logic_grpc: &[String],
+    within: Duration,
+) -> anyhow::Result<(Proc, String, String)> {
+    let (proc, (tcp, http)) = spawn_ready(gate_id, program, within, || {
+        let (tcp, http) = (local_addr(), local_addr());
+        let mut env = common.to_vec();
+        env.push(("IM_TCP_ADDR".into(), tcp.clone()));
+        env.push(("IM_HTTP_ADDR".into(), http.clone()));
+        env.push(("IM_GRPC_ADDR".into(), local_addr()));
+        env.push(("IM_GATE_ID".into(), gate_id.into()));
+        env.push(("IM_LOGIC_ADDRS".into(), logic_grpc.join(",")));
+        env.push(("IM_DRAIN_SECS".into(), "1".into()));
+        let launch = Launch {
+            args: Vec::new(),
+            env,
+            http: http.clone(),
+        };
+        (launch, (tcp, http))
+    })
+    .await?;
+    Ok((proc, tcp, http))
+}
+
 async fn http_ok(url: &str) -> bool {
     let _ = rustls::crypto::ring::default_provider().install_default();
     matches!(reqwest::get(url).await, Ok(r) if r.status().is_success())
@@ -260,30 +361,14 @@ impl SingleNode {
     pub async fn start(extra: &[&str]) -> anyhow::Result<SingleNode> {
         let dir = tempfile::tempdir()?;
         let jwt_secret = format!("test-secret-{}", unique("jwt"));
-        let (proc, (tcp, http)) = spawn_ready(
-            "im-server",
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (proc, tcp, http) = start_single(
             bin("im-server")?,
+            dir.path(),
+            &jwt_secret,
+            &extra,
+            &[],
             Duration::from_secs(30),
-            || {
-                let (tcp, http) = (local_addr(), local_addr());
-                let mut args: Vec<String> = vec![
-                    "--data-dir".into(),
-                    dir.path().display().to_string(),
-                    "--tcp-addr".into(),
-                    tcp.clone(),
-                    "--http-addr".into(),
-                    http.clone(),
-                    "--jwt-secret".into(),
-                    jwt_secret.clone(),
-                ];
-                args.extend(extra.iter().map(|s| s.to_string()));
-                let launch = Launch {
-                    args,
-                    env: Vec::new(),
-                    http: http.clone(),
-                };
-                (launch, (tcp, http))
-            },
         )
         .await?;
         Ok(SingleNode {
@@ -383,50 +468,21 @@ impl Cluster {
             database_url,
             redis_prefix,
         };
+        let within = Duration::from_secs(30);
         for i in 0..logics {
-            let (proc, (http, grpc)) = spawn_ready(
-                &format!("logic-{i}"),
-                bin("im-logic")?,
-                Duration::from_secs(30),
-                || {
-                    let (http, grpc) = (local_addr(), local_addr());
-                    let mut env = common_env.clone();
-                    env.push(("IM_HTTP_ADDR".into(), http.clone()));
-                    env.push(("IM_GRPC_ADDR".into(), grpc.clone()));
-                    let launch = Launch {
-                        args: Vec::new(),
-                        env,
-                        http: http.clone(),
-                    };
-                    (launch, (http, grpc))
-                },
-            )
-            .await?;
+            let (proc, http, grpc) =
+                start_logic(&format!("logic-{i}"), bin("im-logic")?, &common_env, within).await?;
             cluster.logic.push(proc);
             cluster.logic_http.push(http);
-            cluster.logic_grpc.push(format!("http://{grpc}"));
+            cluster.logic_grpc.push(grpc);
         }
         for i in 0..gateways {
-            let (proc, (tcp, http)) = spawn_ready(
-                &format!("gateway-{i}"),
+            let (proc, tcp, http) = start_gateway(
                 bin("im-gateway")?,
-                Duration::from_secs(30),
-                || {
-                    let (tcp, http) = (local_addr(), local_addr());
-                    let mut env = common_env.clone();
-                    env.push(("IM_TCP_ADDR".into(), tcp.clone()));
-                    env.push(("IM_HTTP_ADDR".into(), http.clone()));
-                    env.push(("IM_GRPC_ADDR".into(), local_addr()));
-                    env.push(("IM_GATE_ID".into(), format!("gw-{i}")));
-                    env.push(("IM_LOGIC_ADDRS".into(), cluster.logic_grpc.join(",")));
-                    env.push(("IM_DRAIN_SECS".into(), "1".into()));
-                    let launch = Launch {
-                        args: Vec::new(),
-                        env,
-                        http: http.clone(),
-                    };
-                    (launch, (tcp, http))
-                },
+                &common_env,
+                &format!("gw-{i}"),
+                &cluster.logic_grpc,
+                within,
             )
             .await?;
             cluster.gateways.push(proc);

@@ -245,22 +245,14 @@ async fn a_server_whose_port_was_taken_is_started_again_on_fresh_ports() -> anyh
                 local_addr()
             };
             tcp_addrs.push(tcp.clone());
-            let http = local_addr();
-            let args = vec![
-                "--data-dir".into(),
-                dir.path().display().to_string(),
-                "--tcp-addr".into(),
-                tcp.clone(),
-                "--http-addr".into(),
-                http.clone(),
-                "--jwt-secret".into(),
-                "retry-test-secret-0123456789".into(),
-            ];
-            let launch = Launch {
-                args,
-                env: Vec::new(),
-                http,
-            };
+            let launch = single_launch(
+                dir.path(),
+                &tcp,
+                &local_addr(),
+                "retry-test-secret-0123456789",
+                &[],
+                &[],
+            );
             (launch, tcp)
         },
     )
