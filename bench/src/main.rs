@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use im_bench::report::Report;
 use im_bench::run::Outcome;
@@ -136,16 +137,24 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         "im-bench {name}: mode {:?}, load average {:?}, starting servers…",
         common.target.mode, machine.load_before
     );
-    let mut target = Target::start(&common.target).await?;
+    // The servers' logs (warnings and errors unless RUST_LOG says more),
+    // kept when the run fails.
+    let logs = std::env::temp_dir().join(format!("im-bench-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&logs)?;
+    im_tests::set_log_dir(Some(logs.clone()));
+    let mut target = Target::start(&common.target)
+        .await
+        .with_context(|| format!("server logs in {}", logs.display()))?;
     let outcome: Outcome = match &cli.scenario {
-        Scenario::C2cThroughput { args, .. } => c2c::throughput(&mut target, args).await?,
-        Scenario::C2cLatency { args, .. } => c2c::latency(&mut target, args).await?,
-        Scenario::IdleConns { args, .. } => idle::run(&mut target, args).await?,
-        Scenario::GroupFanout { args, .. } => group::fanout(&mut target, args).await?,
-        Scenario::OfflineSync { args, .. } => offline::sync(&mut target, args).await?,
-        Scenario::ReconnectStorm { args, .. } => storm::run(&mut target, args).await?,
+        Scenario::C2cThroughput { args, .. } => c2c::throughput(&mut target, args).await,
+        Scenario::C2cLatency { args, .. } => c2c::latency(&mut target, args).await,
+        Scenario::IdleConns { args, .. } => idle::run(&mut target, args).await,
+        Scenario::GroupFanout { args, .. } => group::fanout(&mut target, args).await,
+        Scenario::OfflineSync { args, .. } => offline::sync(&mut target, args).await,
+        Scenario::ReconnectStorm { args, .. } => storm::run(&mut target, args).await,
         Scenario::IdleWorker { .. } => unreachable!("handled above"),
-    };
+    }
+    .with_context(|| format!("server logs in {}", logs.display()))?;
     machine.load_after = sys::loadavg();
     let cwd = std::env::current_dir().unwrap_or_default();
     let report = Report {
@@ -194,10 +203,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     if report.ok {
         println!("  OK: no errors; every message (where sent) received exactly once");
+        let _ = std::fs::remove_dir_all(&logs);
     } else {
         for f in &report.failures {
             println!("  FAILED: {f}");
         }
+        println!("  server logs: {}", logs.display());
     }
     Ok(report.ok)
 }

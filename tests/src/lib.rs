@@ -66,6 +66,33 @@ pub fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
+/// Where started processes write their logs, see [`set_log_dir`].
+static LOG_DIR: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+
+/// Makes processes started from now on append their logs (stderr) to
+/// `DIR/NAME.log`; `None` discards them. `IM_TEST_LOGS=1` shows them on
+/// this process's stderr instead, whatever is set here.
+pub fn set_log_dir(dir: Option<PathBuf>) {
+    *LOG_DIR.lock().unwrap_or_else(|p| p.into_inner()) = dir;
+}
+
+fn log_for(name: &str) -> anyhow::Result<Stdio> {
+    if std::env::var_os("IM_TEST_LOGS").is_some() {
+        return Ok(Stdio::inherit());
+    }
+    let dir = LOG_DIR.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(dir) = dir else {
+        return Ok(Stdio::null());
+    };
+    let path = dir.join(format!("{name}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    Ok(Stdio::from(file))
+}
+
 /// A child process killed (SIGKILL) when dropped.
 pub struct Proc {
     pub name: String,
@@ -82,7 +109,7 @@ impl Proc {
         args: &[String],
         envs: &[(String, String)],
     ) -> anyhow::Result<Proc> {
-        let child = Self::start(&program, args, envs)?;
+        let child = Self::start(name, &program, args, envs)?;
         Ok(Proc {
             name: name.to_string(),
             child,
@@ -93,6 +120,7 @@ impl Proc {
     }
 
     fn start(
+        name: &str,
         program: &PathBuf,
         args: &[String],
         envs: &[(String, String)],
@@ -101,11 +129,7 @@ impl Proc {
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(if std::env::var_os("IM_TEST_LOGS").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(log_for(name)?);
         // Tests send bursts far above a person's typing speed; the rate limit
         // has its own test, which sets it explicitly.
         cmd.env("IM_RATE_LIMIT", "0");
@@ -132,7 +156,7 @@ impl Proc {
     /// Starts the same command again (after [`Self::kill9`]).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill9();
-        self.child = Self::start(&self.program, &self.args, &self.envs)?;
+        self.child = Self::start(&self.name, &self.program, &self.args, &self.envs)?;
         Ok(())
     }
 
@@ -230,7 +254,7 @@ pub async fn spawn_ready<T>(
             if !proc.is_running() {
                 exits += 1;
                 if exits == 3 {
-                    bail!("{name} exited at start three times (see its log with IM_TEST_LOGS=1)");
+                    bail!("{name} exited at start three times (IM_TEST_LOGS=1 shows its log)");
                 }
                 break;
             }
@@ -596,4 +620,26 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn started_processes_log_to_the_log_dir() {
+        if std::env::var_os("IM_TEST_LOGS").is_some() {
+            return; // the logs go to the terminal then
+        }
+        let dir = tempfile::tempdir().unwrap();
+        set_log_dir(Some(dir.path().to_path_buf()));
+        let script = vec!["-c".to_string(), "echo started >&2".to_string()];
+        let mut p = Proc::spawn("shell", PathBuf::from("/bin/sh"), &script, &[]).unwrap();
+        assert!(p.wait_exit(Duration::from_secs(10)).await);
+        p.restart().unwrap();
+        assert!(p.wait_exit(Duration::from_secs(10)).await);
+        set_log_dir(None);
+        let log = std::fs::read_to_string(dir.path().join("shell.log")).unwrap();
+        assert_eq!(log, "started\nstarted\n", "appended across restarts");
+    }
 }
