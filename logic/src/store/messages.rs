@@ -314,10 +314,6 @@ impl Store {
         Ok(first)
     }
 
-    /// Reserves `n` sequences for each key in one statement per chunk;
-    /// returns each key's first reserved sequence. With `lock` (on Postgres)
-    /// the rows are locked in key order first, so concurrent batches never
-    /// deadlock; without, the caller took the locks.
     /// Takes the row locks of `users` (ascending) in their `user_seq` rows
     /// (on Postgres; SQLite has one writer anyway) and returns which exist.
     async fn lock_users(
@@ -349,6 +345,10 @@ impl Store {
         Ok(known)
     }
 
+    /// Reserves `n` sequences for each key in one statement per chunk;
+    /// returns each key's first reserved sequence. With `lock` (on Postgres)
+    /// the rows are locked in key order first, so concurrent batches never
+    /// deadlock; without, the caller took the locks.
     pub(super) async fn allocate(
         &self,
         tx: &mut AnyConnection,
