@@ -200,13 +200,9 @@ impl Drop for Proc {
 
 /// Waits until `url` answers 200.
 pub async fn wait_http_ok(url: &str, within: Duration) -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + within;
     loop {
-        if let Ok(r) = client.get(url).send().await
-            && r.status().is_success()
-        {
+        if http_ok(url).await {
             return Ok(());
         }
         if Instant::now() > deadline {

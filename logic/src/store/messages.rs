@@ -463,15 +463,8 @@ impl Store {
             } else {
                 &[&policy.targets, &policy.senders]
             };
-            for list in lists {
-                let pad = list.last().copied().unwrap_or(0);
-                for v in list
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(pad, np - list.len()))
-                {
-                    query = query.bind(v);
-                }
+            for v in lists.iter().flat_map(|list| sql::padded_to(list, np)) {
+                query = query.bind(v);
             }
         }
         let (mut known, mut blocks, mut friends) = (HashSet::new(), HashSet::new(), HashSet::new());
@@ -776,15 +769,8 @@ async fn pairs_in(
                 )
             });
             let mut query = sqlx::query(q);
-            for list in [a, b] {
-                let pad = list.last().copied().unwrap_or(0);
-                for v in list
-                    .iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(pad, n - list.len()))
-                {
-                    query = query.bind(v);
-                }
+            for v in [a, b].into_iter().flat_map(|list| sql::padded_to(list, n)) {
+                query = query.bind(v);
             }
             for row in query.fetch_all(&mut *tx).await? {
                 found.insert((row.try_get(0)?, row.try_get(1)?));

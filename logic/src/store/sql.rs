@@ -44,11 +44,16 @@ pub fn rows_for(backend: super::Backend, cols: usize) -> usize {
 /// which stay prepared, instead of a new shape (parsed and planned anew)
 /// per size. Repeats do not change what `IN` matches.
 pub fn padded_ids(ids: &[i64]) -> impl Iterator<Item = i64> + '_ {
+    padded_to(ids, padded_len(ids.len()))
+}
+
+/// `ids` padded to `n` (at least their length) by repeating the last one,
+/// for statements whose `IN` lists share one padded length.
+pub fn padded_to(ids: &[i64], n: usize) -> impl Iterator<Item = i64> + '_ {
     let pad = ids.last().copied().unwrap_or(0);
-    let n = padded_len(ids.len());
     ids.iter()
         .copied()
-        .chain(std::iter::repeat_n(pad, n - ids.len()))
+        .chain(std::iter::repeat_n(pad, n.saturating_sub(ids.len())))
 }
 
 /// The length [`padded_ids`] pads `n` ids to.
@@ -152,6 +157,9 @@ mod tests {
         assert_eq!(pad(&[1, 2, 3]), vec![1, 2, 3, 3]);
         assert_eq!(pad(&[1, 2, 3, 4, 5]), vec![1, 2, 3, 4, 5, 5, 5, 5]);
         assert_eq!(super::padded_len(512), 512);
+        let to = |ids: &[i64], n| super::padded_to(ids, n).collect::<Vec<_>>();
+        assert_eq!(to(&[1, 2], 4), vec![1, 2, 2, 2]);
+        assert_eq!(to(&[], 2), vec![0, 0]);
     }
 
     #[test]
