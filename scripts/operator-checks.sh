@@ -106,6 +106,7 @@ exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
 assert all(p.get("targets") for p in dash["panels"]), "a panel without queries"
 for name in ("im_gateway_connections", "im_logic_messages_total",
              "im_gateway_push_latency_seconds_bucket", "im_logic_store_latency_seconds_bucket",
+             "im_logic_store_busy_seconds_total", "im_logic_store_wait_seconds_bucket",
              "im_operator_reconcile_total", "im_operator_desired_replicas",
              "im_operator_ready_replicas"):
     assert any(name in e for e in exprs), f"dashboard does not query {name}"

@@ -90,6 +90,7 @@ pub fn summarize(text: &str) -> serde_json::Value {
     for name in [
         "im_logic_store_batch_messages",
         "im_logic_store_latency_seconds",
+        "im_logic_store_wait_seconds",
         "im_logic_fanout_recipients",
         "im_gateway_push_latency_seconds",
     ] {
@@ -100,6 +101,7 @@ pub fn summarize(text: &str) -> serde_json::Value {
     for name in [
         "im_logic_messages_total",
         "im_logic_push_failures_total",
+        "im_logic_store_busy_seconds_total",
         "im_gateway_connections",
         "im_gateway_slow_consumer_disconnects_total",
         "im_gateway_push_retransmits_total",

@@ -24,6 +24,8 @@ struct Job {
     msg: NewMessage,
     origin: Option<Origin>,
     reply: oneshot::Sender<SendResult>,
+    /// When it was queued (for `im_logic_store_wait_seconds`).
+    queued: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,6 +61,7 @@ const ACK_LINGER: Duration = Duration::from_millis(5);
 
 impl Committer {
     pub fn start(store: Store, pusher: Pusher, cfg: CommitterConfig) -> Committer {
+        metrics::STORE_WRITERS.set(cfg.shards.max(1) as i64);
         let shards = (0..cfg.shards.max(1))
             .map(|i| {
                 let (jobs, jobs_rx) = mpsc::channel(cfg.queue.max(1));
@@ -86,7 +89,12 @@ impl Committer {
         let (reply, rx) = oneshot::channel();
         self.shard(msg.sender)
             .jobs
-            .send(Job { msg, origin, reply })
+            .send(Job {
+                msg,
+                origin,
+                reply,
+                queued: Instant::now(),
+            })
             .await
             .map_err(|_| ApiError::unavailable("store is shutting down"))?;
         Ok(rx)
@@ -214,6 +222,7 @@ async fn commit(
     jobs: &mut Vec<Job>,
     acks: &mut Vec<DeviceAck>,
 ) {
+    let queued: Vec<Instant> = jobs.iter().map(|j| j.queued).collect();
     let (items, tails): (Vec<NewMessage>, Vec<_>) =
         jobs.drain(..).map(|j| (j.msg, (j.origin, j.reply))).unzip();
     let n = items.len();
@@ -221,13 +230,19 @@ async fn commit(
     let result = store
         .commit_with_acks_on(conn, items, acks, im_proto::now_ms())
         .await;
+    let took = started.elapsed();
+    metrics::STORE_BUSY.inc_by(took.as_secs_f64());
     let acked = acks.len();
     acks.clear();
     match result {
         Ok((items, outcome)) => {
             if n > 0 {
-                metrics::STORE_LATENCY.observe(started.elapsed().as_secs_f64());
+                metrics::STORE_LATENCY.observe(took.as_secs_f64());
                 metrics::STORE_BATCH.observe(n as f64);
+            }
+            let committed = Instant::now();
+            for q in queued {
+                metrics::STORE_WAIT.observe(committed.duration_since(q).as_secs_f64());
             }
             let (origins, replies): (Vec<_>, Vec<_>) = tails.into_iter().unzip();
             for (m, r) in items.iter().zip(&outcome.results) {

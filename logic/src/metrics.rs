@@ -2,8 +2,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Histogram, IntCounter, IntCounterVec, exponential_buckets, register_histogram,
-    register_int_counter, register_int_counter_vec,
+    Counter, Histogram, IntCounter, IntCounterVec, IntGauge, exponential_buckets, register_counter,
+    register_histogram, register_int_counter, register_int_counter_vec, register_int_gauge,
 };
 
 // Registration fails only on a duplicate name, a start-up invariant.
@@ -23,6 +23,33 @@ pub static STORE_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
         exponential_buckets(0.0002, 2.0, 16).expect("buckets")
     )
     .expect("register im_logic_store_latency_seconds")
+});
+
+pub static STORE_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "im_logic_store_wait_seconds",
+        "Time from a message reaching a store writer to its commit: the queue before \
+         the writer plus its batch",
+        exponential_buckets(0.0002, 2.0, 16).expect("buckets")
+    )
+    .expect("register im_logic_store_wait_seconds")
+});
+
+pub static STORE_BUSY: LazyLock<Counter> = LazyLock::new(|| {
+    register_counter!(
+        "im_logic_store_busy_seconds_total",
+        "Time the store writers spent in transactions; its rate over \
+         im_logic_store_writers is their utilisation"
+    )
+    .expect("register im_logic_store_busy_seconds_total")
+});
+
+pub static STORE_WRITERS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "im_logic_store_writers",
+        "Store writers (group-commit shards) in this process"
+    )
+    .expect("register im_logic_store_writers")
 });
 
 pub static STORE_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
@@ -69,6 +96,9 @@ pub fn request(api: &str, code: &str) {
 pub fn init() {
     LazyLock::force(&MESSAGES);
     LazyLock::force(&STORE_LATENCY);
+    LazyLock::force(&STORE_WAIT);
+    LazyLock::force(&STORE_BUSY);
+    LazyLock::force(&STORE_WRITERS);
     LazyLock::force(&STORE_BATCH);
     LazyLock::force(&FANOUT);
     LazyLock::force(&REQUESTS);

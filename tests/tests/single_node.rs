@@ -68,6 +68,10 @@ async fn health_metrics_and_logout() -> anyhow::Result<()> {
     let u = new_user(&api, &unique("carol")).await?;
     let c = online(&node.tcp_endpoint(), &u).await?;
     c.conn.heartbeat().await?;
+    // Three messages through the store writer, each counted once as it waited.
+    for i in 0..3 {
+        c.send_text(u.id, &format!("note to self {i}")).await?;
+    }
     let metrics = reqwest::get(format!("http://{}/metrics", node.http))
         .await?
         .text()
@@ -77,9 +81,17 @@ async fn health_metrics_and_logout() -> anyhow::Result<()> {
         "im_gateway_connections_accepted_total",
         "im_gateway_frames_total",
         "im_logic_requests_total",
+        "im_logic_store_wait_seconds_count 3",
+        "im_logic_store_writers 1",
     ] {
         assert!(metrics.contains(name), "missing {name} in /metrics");
     }
+    let busy: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("im_logic_store_busy_seconds_total "))
+        .expect("im_logic_store_busy_seconds_total")
+        .parse()?;
+    assert!(busy > 0.0, "the writer stored three messages in no time");
     // Logout revokes the token: a new connection with it is refused.
     api.logout(&u.token).await?;
     let err = online(&node.tcp_endpoint(), &u)
