@@ -54,7 +54,7 @@ fn commit_batches(
     let _rt = rt.enter();
     let next = AtomicU64::new(0);
     // The committer's connection: its own on Postgres, pooled on SQLite.
-    let held = std::cell::RefCell::new(WriterConn::dedicated());
+    let held = std::cell::RefCell::new(WriterConn::default());
     let mut g = c.benchmark_group(name);
     for &size in sizes {
         g.throughput(Throughput::Elements(size as u64));
@@ -63,8 +63,13 @@ fn commit_batches(
                 || batch(users, size, &next),
                 |items| {
                     let mut held = held.borrow_mut();
-                    rt.block_on(store.commit_batch_on(&mut held, &items, im_proto::now_ms()))
-                        .expect("commit")
+                    rt.block_on(store.commit_with_acks_on(
+                        &mut held,
+                        items,
+                        &[],
+                        im_proto::now_ms(),
+                    ))
+                    .expect("commit")
                 },
                 BatchSize::SmallInput,
             )

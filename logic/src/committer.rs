@@ -112,10 +112,11 @@ impl Committer {
 }
 
 /// Runs a writer loop on a thread of its own with a single-threaded runtime.
-/// A transaction is about eight round trips to the database, one after the
-/// other; on the shared runtime each reply waited for a worker busy with
-/// gRPC and pushes to poll for it (~0.2 ms a round trip at 5,000 msg/s,
-/// against ~0.03 ms here), and the writer is the path every message takes.
+/// A batch is one round trip to Postgres (six for batches beyond
+/// `pg_batch`'s limits, several statements on SQLite); on the shared
+/// runtime each reply waited for a worker busy with gRPC and pushes to poll
+/// for it (~0.2 ms a round trip at 5,000 msg/s, against ~0.03 ms here), and
+/// the writer is the path every message takes.
 /// The loop ends, and the thread with it, when the last [`Committer`] is dropped.
 fn on_own_thread(name: String, work: impl std::future::Future<Output = ()> + Send + 'static) {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -140,7 +141,7 @@ async fn run_shard(
     let mut acks = Vec::new();
     // When the oldest queued ack arrived.
     let mut acks_since: Option<Instant> = None;
-    let mut conn = WriterConn::dedicated();
+    let mut conn = WriterConn::default();
     loop {
         // Both queues close together, when the last Committer is dropped;
         // queued messages are still stored first.

@@ -198,7 +198,7 @@ async fn messages_with_acks(store: &Store) {
     let b = store.create_user("frank", "h", 0).await.unwrap();
     let first = store.commit_batch(&[msg(a, b, "m1")], 10).await.unwrap();
     let m1 = first.results[0].as_ref().unwrap().msg_id;
-    let mut conn = WriterConn::dedicated();
+    let mut conn = WriterConn::default();
     let ack = DeviceAck {
         user: b,
         device: 1,
@@ -414,36 +414,133 @@ fn plan_text(rows: &[sqlx::any::AnyRow]) -> String {
         .join("\n")
 }
 
-/// The acknowledgement query reads each acknowledged range through the inbox
-/// index, not by scanning every inbox (which Postgres prefers for a plain
-/// join once a batch holds a few dozen acks and the inbox is large).
+/// The writer's own kind of connection to `store`'s database.
+async fn pg_conn(store: &Store) -> sqlx::PgConnection {
+    use sqlx::ConnectOptions;
+    let url = &store.pool().connect_options().database_url;
+    sqlx::postgres::PgConnectOptions::from_url(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// The batch statement's parameter types, in order.
+const BATCH_PARAMS: &str = "int8[], text[], int8[], int8[], int8[], bytea[], int8[], int8[], int8[], \
+     int8[], int8[], int8[], int8[], int8[], bytea[], int8, int8, int8, int8, int8, int4";
+
+/// The writer's batch statement (`EXPLAIN`ed) for acks alone: every user
+/// of `users` acknowledges device 1 up to `seq`.
+async fn explain_acks(conn: &mut sqlx::PgConnection, users: &[i64], seq: i64) -> String {
+    use im_logic::store::pg_batch::BATCH_SQL;
+    use sqlx::Row;
+    let none: Vec<i64> = Vec::new();
+    let ones = vec![1i64; users.len()];
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {BATCH_SQL}")))
+        .bind(&none)
+        .bind(Vec::<String>::new())
+        .bind(&none)
+        .bind(&none)
+        .bind(&none)
+        .bind(Vec::<Vec<u8>>::new())
+        .bind(&none)
+        .bind(&none)
+        .bind(&none)
+        .bind(&none)
+        .bind(&none)
+        .bind(users)
+        .bind(&ones)
+        .bind(vec![seq; users.len()])
+        .bind(vec![vec![0u8]; users.len()])
+        .bind(5i64)
+        .bind(ConversationType::C2c as i64)
+        .bind(ReceiptKind::Delivered as i64)
+        .bind(0xF000i64)
+        .bind(SystemContentType::Receipt as i64)
+        .bind(im_logic::store::pg_batch::MSG_IDS_TAG)
+        .fetch_all(conn)
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| r.try_get::<String, _>(0).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The writer's batch statement reads each acknowledged range through the
+/// inbox index, not by scanning every inbox (which Postgres prefers for a
+/// plain join once a batch holds a few dozen acks and the inbox is large).
 #[tokio::test]
 async fn acks_read_inbox_ranges_by_index_on_postgres() {
-    use im_logic::store::receipts::ack_sql;
-    let (store, _, users) = plan_fixture(100, 40).await;
+    let (store, s, users) = plan_fixture(100, 40).await;
     sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
     // Each device acks up to 390 (run), then up to 400 (explained).
     let n = 64;
-    let mut conn = store.pool().acquire().await.unwrap();
-    let mut ack_all = async |explain: &str, seq: i64| {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("{explain}{}", ack_sql(n))));
-        for u in &users[..n] {
-            query = query.bind(*u).bind(1i64).bind(seq);
-        }
-        query
-            .bind(5i64)
-            .bind(ConversationType::C2c as i64)
-            .bind(1i64)
-            .bind(0xF000i64)
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap()
-    };
-    let rows = ack_all("", 390).await;
-    assert_eq!(rows.len(), n * 390, "a receipt per covered message");
-    let plan = plan_text(&ack_all("EXPLAIN ", 400).await);
+    let acks: Vec<DeviceAck> = users[..n]
+        .iter()
+        .map(|&user| DeviceAck {
+            user,
+            device: 1,
+            seq: 390,
+        })
+        .collect();
+    let receipts = store.commit_acks(&acks, 5).await.unwrap();
+    assert_eq!(receipts.len(), n, "one receipt message per device");
+    for d in &receipts {
+        assert_eq!(d.user, s);
+        let r = Receipt::decode(d.message.body.clone()).unwrap();
+        assert_eq!(r.msg_ids.len(), 390, "a receipt per covered message");
+    }
+    let plan = explain_acks(&mut pg_conn(&store).await, &users[..n], 400).await;
     assert!(!plan.contains("Seq Scan on inbox"), "{plan}");
     assert!(plan.contains("inbox_pkey"), "{plan}");
+}
+
+/// The receipt bodies the batch statement builds (the writer's head, the
+/// ids packed in SQL) are prost's bytes.
+#[tokio::test]
+async fn receipt_bodies_built_in_sql_are_prosts_bytes() {
+    use im_logic::store::pg_batch::{MSG_IDS_TAG, receipt_head};
+    use im_proto::client::DeviceType;
+    let store = common::postgres("im_body").await;
+    let cases: Vec<(i64, i32, Vec<i64>)> = vec![
+        (9, DeviceType::Mobile as i32, vec![10, 30]),
+        (1, DeviceType::Unspecified as i32, vec![1]),
+        (
+            300,
+            DeviceType::Pad as i32,
+            vec![127, 128, 16_383, 16_384, i64::MAX],
+        ),
+        (i64::MAX, 77, (1..200).map(|i| i * 1_000_003).collect()),
+        (-5, DeviceType::Desktop as i32, vec![-1, 0]),
+    ];
+    for (user, device, ids) in cases {
+        let head = receipt_head(&DeviceAck {
+            user,
+            device,
+            seq: 0,
+        });
+        let sql: Vec<u8> = sqlx::query_scalar(
+            "SELECT $1::bytea || im_packed_int64s($2::int4, \
+             string_to_array($3::text, ',')::int8[])",
+        )
+        .bind(head)
+        .bind(MSG_IDS_TAG)
+        .bind(ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        let prost = Receipt {
+            kind: ReceiptKind::Delivered as i32,
+            reader: user,
+            // Devices the enum does not name are sent as unspecified.
+            device: DeviceType::try_from(device).unwrap_or_default() as i32,
+            msg_ids: ids.clone(),
+            up_to_msg_id: 0,
+        }
+        .encode_to_vec();
+        assert_eq!(sql, prost, "user {user} device {device} ids {ids:?}");
+    }
 }
 
 /// History reads the partial indexes that leave system messages out (the
@@ -495,7 +592,7 @@ async fn history_reads_the_partial_indexes_on_postgres() {
     assert_eq!((indexed, receipts), (20_000, 100));
 }
 
-/// The acknowledgement statement's generic plan, made on empty tables (a
+/// The writer's batch statement's generic plan, made on empty tables (a
 /// writer prepares it at its first batch, and nothing re-plans it when the
 /// tables grow unless ANALYZE runs): each covered inbox row must read its
 /// message by primary key. With the system-content condition written as a
@@ -503,6 +600,95 @@ async fn history_reads_the_partial_indexes_on_postgres() {
 /// acknowledgements slowed down as the table grew (found at 1,000 msg/s).
 #[tokio::test]
 async fn the_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tables() {
+    use im_logic::store::pg_batch::BATCH_SQL;
+    use sqlx::Row;
+    let store = common::postgres("im_plan").await;
+    store.create_user("a", "h", 0).await.unwrap();
+    let mut conn = pg_conn(&store).await;
+    for q in [
+        "SET plan_cache_mode = force_generic_plan".to_string(),
+        format!("PREPARE batch ({BATCH_PARAMS}) AS {BATCH_SQL}"),
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(q))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let args = ["'{}'"; 11]
+        .into_iter()
+        .chain(["'{1}'"; 3])
+        .chain(["'{\"\\\\x08\"}'", "1", "1", "1", "1", "1", "34"])
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN EXECUTE batch ({args})"
+    )))
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = rows
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(plan.contains("messages_pkey"), "{plan}");
+    // (`messages_sender_client_msg_id_key` is the insert's conflict arbiter.)
+    assert!(!plan.contains("using messages_sender "), "{plan}");
+    assert!(!plan.contains("on messages_sender "), "{plan}");
+    // Every table is read by index, however small it was when planned.
+    for table in [
+        "user_seq",
+        "device_cursors",
+        "inbox",
+        "messages",
+        "receipts",
+    ] {
+        assert!(!plan.contains(&format!("Seq Scan on {table} ")), "{plan}");
+    }
+}
+
+/// The acknowledgement statement of batches too large for the writer's one
+/// statement (`ack_sql`) reads each acknowledged range through the inbox
+/// index, not by scanning every inbox (which Postgres prefers for a plain
+/// join once a batch holds a few dozen acks and the inbox is large).
+#[tokio::test]
+async fn large_ack_batches_read_inbox_ranges_by_index_on_postgres() {
+    use im_logic::store::receipts::ack_sql;
+    let (store, _, users) = plan_fixture(100, 40).await;
+    sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+    // Each device acks up to 390 (run), then up to 400 (explained).
+    let n = 64;
+    let mut conn = store.pool().acquire().await.unwrap();
+    let mut ack_all = async |explain: &str, seq: i64| {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!("{explain}{}", ack_sql(n))));
+        for u in &users[..n] {
+            query = query.bind(*u).bind(1i64).bind(seq);
+        }
+        query
+            .bind(5i64)
+            .bind(ConversationType::C2c as i64)
+            .bind(1i64)
+            .bind(0xF000i64)
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap()
+    };
+    let rows = ack_all("", 390).await;
+    assert_eq!(rows.len(), n * 390, "a receipt per covered message");
+    let plan = plan_text(&ack_all("EXPLAIN ", 400).await);
+    assert!(!plan.contains("Seq Scan on inbox"), "{plan}");
+    assert!(plan.contains("inbox_pkey"), "{plan}");
+}
+
+/// `ack_sql`'s generic plan (batches too large for the writer's one
+/// statement), made on empty tables (a
+/// writer prepares it at its first batch, and nothing re-plans it when the
+/// tables grow unless ANALYZE runs): each covered inbox row must read its
+/// message by primary key. With the system-content condition written as a
+/// literal, the planner read a partial index of all messages instead, and
+/// acknowledgements slowed down as the table grew (found at 1,000 msg/s).
+#[tokio::test]
+async fn the_large_batch_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tables() {
     use im_logic::store::receipts::ack_sql;
     let store = common::postgres("im_plan").await;
     store.create_user("a", "h", 0).await.unwrap();

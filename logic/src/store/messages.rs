@@ -92,27 +92,17 @@ impl SeqTable {
 impl Store {
     /// Stores a batch of messages in one transaction: idempotent on
     /// (sender, client_msg_id), one inbox entry per recipient user with a
-    /// freshly allocated per-user sequence.
+    /// freshly allocated per-user sequence. The writers' path
+    /// ([`Self::commit_with_acks_on`]) without acknowledgements.
     pub async fn commit_batch(
         &self,
         items: &[NewMessage],
         now_ms: u64,
     ) -> Result<BatchOutcome, StoreError> {
-        self.commit_batch_on(&mut WriterConn::default(), items, now_ms)
-            .await
-    }
-
-    /// [`Self::commit_batch`] on a writer's kept connection.
-    pub async fn commit_batch_on(
-        &self,
-        held: &mut WriterConn,
-        items: &[NewMessage],
-        now_ms: u64,
-    ) -> Result<BatchOutcome, StoreError> {
-        self.write_on(held, async |tx| {
-            self.commit_batch_in(tx, items, now_ms).await
-        })
-        .await
+        let (_, outcome) = self
+            .commit_with_acks_on(&mut WriterConn::default(), items.to_vec(), &[], now_ms)
+            .await?;
+        Ok(outcome)
     }
 
     /// [`Self::commit_batch`] inside a caller's transaction (receipts are
@@ -811,7 +801,7 @@ pub(super) fn page(
 /// The sender first (except for server pushes, and DELIVERED receipts, which
 /// concern one device and are only for the original sender), then each
 /// distinct recipient.
-fn inbox_users(m: &NewMessage) -> impl Iterator<Item = i64> + '_ {
+pub(super) fn inbox_users(m: &NewMessage) -> impl Iterator<Item = i64> + '_ {
     let no_copy = m.conv_type == ConversationType::S2c
         || (m.content_type == SystemContentType::Receipt as u32
             && m.client_msg_id

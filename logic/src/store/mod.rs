@@ -14,6 +14,7 @@ pub mod group_msgs;
 pub mod groups;
 pub mod history;
 pub mod messages;
+pub mod pg_batch;
 pub mod receipts;
 pub mod social;
 mod sql;
@@ -56,42 +57,30 @@ pub struct WriteTx<'c> {
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
-/// The connection a writer loop (a committer shard) keeps between its
+/// The connections a writer loop (a committer shard) keeps between its
 /// transactions. A connection taken from the pool is pinged first, which is
 /// one more round trip before every transaction; a kept one is not. After a
 /// failed transaction it is closed, and the next transaction takes a fresh
 /// one.
 #[derive(Default)]
 pub struct WriterConn {
-    kept: Option<Kept>,
-    dedicated: bool,
-}
-
-enum Kept {
-    Pooled(sqlx::pool::PoolConnection<Any>),
-    Own(sqlx::AnyConnection),
+    /// Transactions of several statements (SQLite's batches).
+    pooled: Option<sqlx::pool::PoolConnection<Any>>,
+    /// Postgres batches ([`pg_batch`]): a connection of the writer's own,
+    /// opened outside the pool by the task that uses it, so its socket
+    /// belongs to that task's runtime (a committer's own thread) and each
+    /// reply wakes that thread directly instead of waiting for a busy
+    /// shared runtime to poll for it.
+    pg: Option<sqlx::PgConnection>,
 }
 
 impl WriterConn {
-    /// A writer connection of its own on Postgres, opened outside the pool
-    /// by the task that uses it: its socket then belongs to that task's
-    /// runtime (a committer's own thread), so each of the transaction's
-    /// round trips wakes that thread directly instead of waiting for a busy
-    /// shared runtime to poll for it. SQLite writers use the pool anyway.
-    pub fn dedicated() -> WriterConn {
-        WriterConn {
-            kept: None,
-            dedicated: true,
-        }
-    }
-
-    /// Closes the kept connection (after an error it may be broken).
+    /// Closes the kept connections (after an error they may be broken).
     pub fn discard(&mut self) {
-        match self.kept.take() {
-            Some(Kept::Pooled(mut conn)) => conn.close_on_drop(),
-            Some(Kept::Own(conn)) => drop(conn),
-            None => {}
+        if let Some(mut conn) = self.pooled.take() {
+            conn.close_on_drop();
         }
+        self.pg = None;
     }
 }
 
@@ -190,17 +179,9 @@ impl Store {
             Backend::Sqlite => Some(self.writer.clone().lock_owned().await),
             Backend::Postgres => None,
         };
-        let own = held.dedicated && self.backend == Backend::Postgres;
-        let kept = match &mut held.kept {
+        let conn: &mut sqlx::AnyConnection = match &mut held.pooled {
             Some(conn) => conn,
-            empty if own => empty.insert(Kept::Own(
-                sqlx::ConnectOptions::connect(&*self.pool.connect_options()).await?,
-            )),
-            empty => empty.insert(Kept::Pooled(self.pool.acquire().await?)),
-        };
-        let conn: &mut sqlx::AnyConnection = match kept {
-            Kept::Pooled(c) => c,
-            Kept::Own(c) => c,
+            empty => empty.insert(self.pool.acquire().await?),
         };
         let tx = match self.backend {
             Backend::Sqlite => sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?,

@@ -57,7 +57,8 @@ impl Store {
     /// other's row locks and share one commit. The receipt messages the acks
     /// produce are stored after the items: the returned messages are the
     /// items followed by those receipts, and results and deliveries index
-    /// into them.
+    /// into them. On Postgres a batch of the usual size is one statement on
+    /// the writer's own connection ([`super::pg_batch`]).
     pub async fn commit_with_acks_on(
         &self,
         held: &mut WriterConn,
@@ -65,6 +66,19 @@ impl Store {
         acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
+        if self.backend() == super::Backend::Postgres && super::pg_batch::fits(&items, acks) {
+            let conn = match &mut held.pg {
+                Some(conn) => conn,
+                empty => empty.insert(super::pg_batch::connect(self).await?),
+            };
+            let result = self
+                .commit_in_one_statement(conn, items, acks, now_ms)
+                .await;
+            if result.is_err() {
+                held.discard();
+            }
+            return result;
+        }
         self.write_on(held, async |tx| {
             if !acks.is_empty() {
                 let receipts = self.apply_acks(tx, acks, now_ms).await?;
@@ -80,6 +94,8 @@ impl Store {
     /// chunk of devices (one per 512 on Postgres, four per 64 on SQLite): read sequences and
     /// cursors, find the newly covered messages, record receipts, move
     /// cursors. Returns the receipt messages to store, in the acks' order.
+    /// (Postgres batches of the usual size do this inside their one
+    /// statement instead, [`super::pg_batch`].)
     async fn apply_acks(
         &self,
         tx: &mut AnyConnection,
@@ -279,7 +295,7 @@ impl Store {
 /// conversation type and the first system content type, bound for the same
 /// reason as in [`ack_sql`]), as (user, device, msg_id, sender) rows. SQLite loops
 /// over the ranges and reads each by the inbox's primary key; Postgres does
-/// this step inside [`ack_sql`].
+/// this step inside [`ack_sql`] (or [`super::pg_batch::BATCH_SQL`]).
 pub fn covered_sql(ranges: usize) -> String {
     let (conv, content) = (ranges * 4 + 1, ranges * 4 + 2);
     format!(
