@@ -181,18 +181,7 @@ impl Store {
                 deliveries.push(Delivery {
                     user,
                     item: *i,
-                    message: Message {
-                        msg_id: *msg_id,
-                        seq: 0,
-                        conv_type: m.conv_type as i32,
-                        from: m.sender,
-                        to: m.target,
-                        client_msg_id: m.client_msg_id.clone(),
-                        content_type: m.content_type,
-                        body: m.body.clone(),
-                        sent_at_ms: now_ms,
-                        group_seq: 0,
-                    },
+                    message: entry_message(m, *msg_id, 0, now_ms),
                 });
             }
         }
@@ -206,42 +195,15 @@ impl Store {
             d.message.seq = first.get(&d.user).copied().unwrap_or_default() + o;
             let m = &items[d.item];
             if d.user == m.sender {
-                results[d.item] = Some(Ok(Stored {
-                    msg_id: d.message.msg_id,
-                    sender_seq: d.message.seq,
-                    sent_at_ms: now_ms,
-                    duplicate: false,
-                }));
+                results[d.item] = Some(stored(d.message.msg_id, d.message.seq, now_ms));
             }
         }
         for (i, msg_id) in &new_items {
             // Messages without a sender copy (server pushes, DELIVERED receipts).
-            results[*i].get_or_insert(Ok(Stored {
-                msg_id: *msg_id,
-                sender_seq: 0,
-                sent_at_ms: now_ms,
-                duplicate: false,
-            }));
+            results[*i].get_or_insert(stored(*msg_id, 0, now_ms));
         }
-
-        for (i, j) in follows {
-            results[i] = results[j].clone().map(|r| {
-                r.map(|s| Stored {
-                    duplicate: true,
-                    ..s
-                })
-            });
-        }
-        let results = results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(ApiError::new(ErrorCode::Internal, "message lost in batch"))
-                })
-            })
-            .collect();
         Ok(BatchOutcome {
-            results,
+            results: final_results(results, follows),
             deliveries,
         })
     }
@@ -643,6 +605,55 @@ fn reserve_inbox_sql(keys: usize, rows: usize) -> String {
         ids = sql::list(keys, keys * 2 + 1),
         entries = sql::values_from(rows, 3, keys * 3 + 1),
     )
+}
+
+/// The message pushed for an inbox entry of `m` at `seq`.
+pub(super) fn entry_message(m: &NewMessage, msg_id: i64, seq: u64, now_ms: u64) -> Message {
+    Message {
+        msg_id,
+        seq,
+        conv_type: m.conv_type as i32,
+        from: m.sender,
+        to: m.target,
+        client_msg_id: m.client_msg_id.clone(),
+        content_type: m.content_type,
+        body: m.body.clone(),
+        sent_at_ms: now_ms,
+        group_seq: 0,
+    }
+}
+
+/// The acknowledgement of a message stored now (`sender_seq` 0: no sender copy).
+pub(super) fn stored(msg_id: i64, sender_seq: u64, now_ms: u64) -> SendResult {
+    Ok(Stored {
+        msg_id,
+        sender_seq,
+        sent_at_ms: now_ms,
+        duplicate: false,
+    })
+}
+
+/// A batch's results: later copies (`follows`, see [`first_copies`]) get
+/// their first copy's, marked duplicate; an item left without one is an
+/// internal error.
+pub(super) fn final_results(
+    mut results: Vec<Option<SendResult>>,
+    follows: Vec<(usize, usize)>,
+) -> Vec<SendResult> {
+    for (i, j) in follows {
+        results[i] = results[j].clone().map(|r| {
+            r.map(|s| Stored {
+                duplicate: true,
+                ..s
+            })
+        });
+    }
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| Err(ApiError::new(ErrorCode::Internal, "message lost in batch")))
+        })
+        .collect()
 }
 
 /// Splits `eligible` item indices into the first copy of each (sender,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use im_common::api::ApiError;
 use im_proto::client::{
-    ConversationType, DeviceType, ErrorCode, Message, Receipt, ReceiptKind, SystemContentType,
+    ConversationType, DeviceType, ErrorCode, Receipt, ReceiptKind, SystemContentType,
 };
 use im_proto::prost::Message as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -27,7 +27,7 @@ use sqlx::{ConnectOptions, Row};
 use super::history::SYSTEM_CONTENT_MIN;
 use super::messages::{
     BLOCKED_TEXT, BatchOutcome, Delivery, NOT_FRIENDS_TEXT, NewMessage, SendPolicy, SendResult,
-    Stored, first_copies, inbox_users,
+    Stored, entry_message, final_results, first_copies, inbox_users, stored,
 };
 use super::receipts::{DeviceAck, newest_per_device};
 use super::{Store, StoreError};
@@ -395,59 +395,22 @@ impl Store {
             let m = &items[i];
             let msg_id = msg_ids.get(&at).copied().unwrap_or_default();
             if user == m.sender {
-                results[i] = Some(Ok(Stored {
-                    msg_id,
-                    sender_seq: seq as u64,
-                    sent_at_ms: now_ms,
-                    duplicate: false,
-                }));
+                results[i] = Some(stored(msg_id, seq as u64, now_ms));
             }
             deliveries.push(Delivery {
                 user,
                 item: i,
-                message: Message {
-                    msg_id,
-                    seq: seq as u64,
-                    conv_type: m.conv_type as i32,
-                    from: m.sender,
-                    to: m.target,
-                    client_msg_id: m.client_msg_id.clone(),
-                    content_type: m.content_type,
-                    body: m.body.clone(),
-                    sent_at_ms: now_ms,
-                    group_seq: 0,
-                },
+                message: entry_message(m, msg_id, seq as u64, now_ms),
             });
         }
         for (at, msg_id) in msg_ids {
             // Messages without a sender copy (server pushes, DELIVERED receipts).
-            results[index[at]].get_or_insert(Ok(Stored {
-                msg_id,
-                sender_seq: 0,
-                sent_at_ms: now_ms,
-                duplicate: false,
-            }));
+            results[index[at]].get_or_insert(stored(msg_id, 0, now_ms));
         }
-        for (i, j) in follows {
-            results[i] = results[j].clone().map(|r| {
-                r.map(|s| Stored {
-                    duplicate: true,
-                    ..s
-                })
-            });
-        }
-        let results = results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(ApiError::new(ErrorCode::Internal, "message lost in batch"))
-                })
-            })
-            .collect();
         Ok((
             items,
             BatchOutcome {
-                results,
+                results: final_results(results, follows),
                 deliveries,
             },
         ))
