@@ -29,7 +29,7 @@ use super::messages::{
     BLOCKED_TEXT, BatchOutcome, Delivery, NOT_FRIENDS_TEXT, NewMessage, SendPolicy, SendResult,
     Stored, entry_message, final_results, first_copies, inbox_users, stored,
 };
-use super::receipts::{DeviceAck, newest_per_device};
+use super::receipts::{DeviceAck, newest_per_device, receipt_message};
 use super::{Store, StoreError};
 
 /// The batch statement. Binds, all arrays one element per row:
@@ -312,7 +312,7 @@ impl Store {
             .await?;
 
         // Statement items (1-based) → index into `items`; receipts are appended.
-        let mut index: Vec<usize> = candidates.clone();
+        let mut index: Vec<usize> = candidates;
         let mut results: Vec<Option<SendResult>> = vec![None; items.len()];
         let mut msg_ids: HashMap<usize, i64> = HashMap::new();
         let mut entries: Vec<(usize, i64, i64, i64)> = Vec::new();
@@ -326,19 +326,9 @@ impl Store {
                 (row.try_get(2)?, row.try_get(3)?, row.try_get(4)?);
             if kind == 4 {
                 let (reader, sender) = (a.unwrap_or_default(), b.unwrap_or_default());
-                receipts.push((
-                    item as usize,
-                    NewMessage {
-                        sender: reader,
-                        client_msg_id: row.try_get(5)?,
-                        conv_type: ConversationType::C2c,
-                        target: sender,
-                        content_type: SystemContentType::Receipt as u32,
-                        body: row.try_get::<Vec<u8>, _>(6)?.into(),
-                        recipients: vec![sender],
-                        policy: SendPolicy::Unchecked,
-                    },
-                ));
+                let body = row.try_get::<Vec<u8>, _>(6)?.into();
+                let m = receipt_message(reader, sender, row.try_get(5)?, body);
+                receipts.push((item as usize, m));
                 continue;
             }
             let at = item as usize - 1;

@@ -416,19 +416,31 @@ pub fn receipt_messages(reader: i64, device: i32, newly: Vec<(i64, i64)>) -> Vec
                 msg_ids,
                 up_to_msg_id: 0,
             };
-            NewMessage {
-                sender: reader,
-                // Receipt sets of one device are disjoint, so (first, last) is unique.
-                client_msg_id: format!("{DELIVERED_PREFIX}{device}:{first}:{last}"),
-                conv_type: ConversationType::C2c,
-                target: sender,
-                content_type: SystemContentType::Receipt as u32,
-                body: body.encode_to_vec().into(),
-                recipients: vec![sender],
-                policy: super::messages::SendPolicy::Unchecked,
-            }
+            // Receipt sets of one device are disjoint, so (first, last) is unique.
+            let client_msg_id = format!("{DELIVERED_PREFIX}{device}:{first}:{last}");
+            receipt_message(reader, sender, client_msg_id, body.encode_to_vec().into())
         })
         .collect()
+}
+
+/// A DELIVERED receipt message from `reader` to the original `sender`
+/// (the only inbox it goes to), with its encoded `Receipt` body.
+pub fn receipt_message(
+    reader: i64,
+    sender: i64,
+    client_msg_id: String,
+    body: bytes::Bytes,
+) -> NewMessage {
+    NewMessage {
+        sender: reader,
+        client_msg_id,
+        conv_type: ConversationType::C2c,
+        target: sender,
+        content_type: SystemContentType::Receipt as u32,
+        body,
+        recipients: vec![sender],
+        policy: super::messages::SendPolicy::Unchecked,
+    }
 }
 
 #[cfg(test)]
