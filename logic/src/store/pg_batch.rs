@@ -11,9 +11,10 @@
 //! 0.55 ms one after the other and 0.11 ms pipelined); the six of a
 //! multi-statement batch were most of a writer's fixed cost per batch
 //! (1.3 ms at 1,000 msg/s, of which Postgres executed ~0.3). One statement
-//! took it to ~0.95 ms and the latency at that rate from p50 3.3–3.6 to
-//! 2.3–2.7 ms; at 5,000 msg/s, where the writer's Postgres backend is short
-//! of CPU, not of round trips, it changed nothing (docs/benchmarks.md).
+//! took it to ~0.95 ms and the latency at that rate from p50 3.1–3.6 to
+//! 2.2–2.7 ms; at 5,000 msg/s, where the writer's Postgres backend is short
+//! of CPU, not of round trips, it changed nothing, and at full batches it
+//! costs Postgres more CPU per message (docs/benchmarks.md).
 use std::collections::HashMap;
 
 use im_common::api::ApiError;
