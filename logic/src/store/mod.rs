@@ -2,7 +2,9 @@
 //! of queries for both; it stores and reads, and decides nothing about routing.
 //!
 //! Queries use `$N` placeholders, which both backends accept, through sqlx's
-//! `Any` driver; migrations live in `migrations/{postgres,sqlite}`.
+//! `Any` driver; migrations live in `migrations/{postgres,sqlite}`. The one
+//! exception is a Postgres writer's batch statement ([`pg_batch`]), which
+//! binds arrays and so runs on a `PgConnection` of the writer's own.
 use std::sync::Arc;
 use std::time::Duration;
 
