@@ -84,6 +84,22 @@ pub fn total(text: &str, name: &str) -> Option<f64> {
     found
 }
 
+/// A counter by the values of one of its labels (summed over the others).
+pub fn by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let key = format!("{label}=\"");
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if line.split([' ', '{']).next() != Some(name) {
+            continue;
+        }
+        let Some(i) = line.find(&key) else { continue };
+        let rest = &line[i + key.len()..];
+        let Some(end) = rest.find('"') else { continue };
+        *out.entry(rest[..end].to_string()).or_default() += metric_value(line).unwrap_or(0.0);
+    }
+    out
+}
+
 /// The figures of one process worth keeping.
 pub fn summarize(text: &str) -> serde_json::Value {
     let mut out = serde_json::Map::new();
@@ -113,6 +129,11 @@ pub fn summarize(text: &str) -> serde_json::Value {
             out.insert(name.into(), serde_json::json!(v));
         }
     }
+    // What the gateway did with the devices' ACKs (forwarded, deferred, repeat).
+    let acks = by_label(text, "im_gateway_acks_total", "outcome");
+    if !acks.is_empty() {
+        out.insert("im_gateway_acks_total".into(), serde_json::json!(acks));
+    }
     serde_json::Value::Object(out)
 }
 
@@ -135,6 +156,8 @@ im_logic_store_batch_messages_count 100
 im_gateway_connections 3
 im_logic_messages_total{kind="c2c"} 5
 im_logic_messages_total{kind="receipt"} 7
+im_gateway_acks_total{outcome="deferred"} 4
+im_gateway_acks_total{outcome="forwarded"} 6
 "#;
 
     #[test]
@@ -147,5 +170,9 @@ im_logic_messages_total{kind="receipt"} 7
         assert!(histogram(PAGE, "nope").is_none());
         assert_eq!(total(PAGE, "im_logic_messages_total"), Some(12.0));
         assert_eq!(total(PAGE, "im_gateway_connections"), Some(3.0));
+        let acks = by_label(PAGE, "im_gateway_acks_total", "outcome");
+        assert_eq!(acks["deferred"], 4.0);
+        assert_eq!(acks["forwarded"], 6.0);
+        assert_eq!(summarize(PAGE)["im_gateway_acks_total"]["deferred"], 4.0);
     }
 }

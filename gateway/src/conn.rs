@@ -103,6 +103,27 @@ impl Outbox {
     }
 }
 
+/// What became of an ACK frame ([`ConnHandle::on_ack`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// Send it to logic now.
+    Forward,
+    /// Held: it stores no receipt.
+    Deferred,
+    /// Nothing new.
+    Repeat,
+}
+
+impl AckOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            AckOutcome::Forward => "forwarded",
+            AckOutcome::Deferred => "deferred",
+            AckOutcome::Repeat => "repeat",
+        }
+    }
+}
+
 pub struct ConnHandle {
     pub conn_id: u64,
     identity: OnceLock<Identity>,
@@ -112,6 +133,12 @@ pub struct ConnHandle {
     closed: AtomicBool,
     /// The highest ACK forwarded to logic; older or repeated ones are not.
     acked: AtomicU64,
+    /// The highest ACK held back ([`ConnHandle::on_ack`]); logic gets it
+    /// with the next forwarded one or from [`ConnHandle::take_deferred`].
+    deferred: AtomicU64,
+    /// The highest sequence of a pulled message that wants a DELIVERED
+    /// receipt from this device.
+    pulled_receipt: AtomicU64,
     /// When a frame last came in or a reply went out ([`mono_ms`]); the
     /// gateway's idle sweep closes connections silent for too long (one
     /// sweep instead of a timer per connection).
@@ -129,6 +156,8 @@ impl ConnHandle {
             outbox: Outbox::new(queue),
             closed: AtomicBool::new(false),
             acked: AtomicU64::new(0),
+            deferred: AtomicU64::new(0),
+            pulled_receipt: AtomicU64::new(0),
             last_active: AtomicU64::new(mono_ms()),
             window: Mutex::new(RetransmitWindow::new(retransmit)),
         }
@@ -202,9 +231,18 @@ impl ConnHandle {
 
     /// Queues a push whose highest sequence is `max_seq` and holds it until
     /// the device acknowledges it; too many unacknowledged pushes close the
-    /// connection like a full queue does.
-    pub fn send_push(&self, frame: Bytes, max_seq: u64) -> Result<(), QueueError> {
-        if self.window().push(max_seq, frame.clone(), Instant::now()) == Err(WindowFull) {
+    /// connection like a full queue does. `wants_receipt`: it holds a
+    /// message whose acknowledgement stores a DELIVERED receipt.
+    pub fn send_push(
+        &self,
+        frame: Bytes,
+        max_seq: u64,
+        wants_receipt: bool,
+    ) -> Result<(), QueueError> {
+        let held = self
+            .window()
+            .push(max_seq, wants_receipt, frame.clone(), Instant::now());
+        if held == Err(WindowFull) {
             if !self.is_closed() {
                 metrics::SLOW_CONSUMERS.inc();
                 tracing::info!(
@@ -228,17 +266,66 @@ impl ConnHandle {
         mono_ms().saturating_sub(self.last_active.load(Ordering::Relaxed))
     }
 
-    /// Records an ACK of `seq`; true when it is news for logic (higher than
-    /// any ACK this connection forwarded before).
-    pub fn ack_advances(&self, seq: u64) -> bool {
-        self.acked.fetch_max(seq, Ordering::Relaxed) < seq
-    }
-
-    /// The device has everything up to `seq`: settles held pushes.
-    pub fn ack(&self, seq: u64) {
-        for latency in self.window().ack(seq, Instant::now()) {
+    /// The device has everything up to `seq`: settles held pushes and
+    /// decides whether logic hears of it now.
+    ///
+    /// Logic moves the device cursor and stores DELIVERED receipts for the
+    /// one-to-one messages from others that the ACK newly covers. An ACK
+    /// that settles only pushes without such messages (receipts, own
+    /// messages from other devices, groups), and covers nothing beyond
+    /// them but what this connection was told by `SENT` (its own
+    /// messages), stores no receipt: it is deferred, and the next forwarded
+    /// ACK (cumulative) or [`Self::take_deferred`] carries it. In a
+    /// conversation that halves the ACKs logic writes: the sender's ACK of
+    /// each DELIVERED receipt is held. The first ACK of a connection and any
+    /// ACK after a pull that brought such a message are always forwarded.
+    /// A wrong guess can only delay a receipt, never lose or double one:
+    /// the cursor and the receipts are decided in the store.
+    pub fn on_ack(&self, seq: u64) -> AckOutcome {
+        let settled = self.window().ack(seq, Instant::now());
+        for latency in &settled.latencies {
             metrics::PUSH_LATENCY.observe(latency.as_secs_f64());
         }
+        let forwarded = self.acked.load(Ordering::Relaxed);
+        if seq <= forwarded.max(self.deferred.load(Ordering::Relaxed)) {
+            return AckOutcome::Repeat;
+        }
+        let wants_no_receipt = forwarded > 0
+            && settled.max_seq >= seq
+            && !settled.wants_receipt
+            && self.pulled_receipt.load(Ordering::Relaxed) <= forwarded;
+        if wants_no_receipt {
+            self.deferred.fetch_max(seq, Ordering::Relaxed);
+            return AckOutcome::Deferred;
+        }
+        if self.acked.fetch_max(seq, Ordering::Relaxed) < seq {
+            AckOutcome::Forward
+        } else {
+            AckOutcome::Repeat
+        }
+    }
+
+    /// A pull brought `messages` to this device.
+    pub fn note_pulled(&self, messages: &[im_proto::client::Message]) {
+        let user = self.identity().map_or(0, |id| id.user_id);
+        let newest = messages
+            .iter()
+            .filter(|m| im_proto::wants_delivered_receipt(m, user))
+            .map(|m| m.seq)
+            .max()
+            .unwrap_or(0);
+        self.pulled_receipt.fetch_max(newest, Ordering::Relaxed);
+    }
+
+    /// The deferred ACK, once, if no forwarded ACK covered it since.
+    pub fn take_deferred(&self) -> Option<u64> {
+        let seq = self.deferred.load(Ordering::Relaxed);
+        (seq > 0 && self.acked.fetch_max(seq, Ordering::Relaxed) < seq).then_some(seq)
+    }
+
+    /// An ACK is deferred and not yet forwarded.
+    pub fn has_deferred(&self) -> bool {
+        self.deferred.load(Ordering::Relaxed) > self.acked.load(Ordering::Relaxed)
     }
 
     /// Resends what is due; gives up (closes) after too many tries.
@@ -296,7 +383,7 @@ mod tests {
             capacity: 8,
         };
         let h = ConnHandle::new(1, 8, Arc::new(cfg));
-        h.send_push(Bytes::from_static(b"p1"), 1).unwrap();
+        h.send_push(Bytes::from_static(b"p1"), 1, false).unwrap();
         assert_eq!(h.outbox().close_and_take(), [Bytes::from_static(b"p1")]);
         h.outbox().lock().closed = false;
         let later = Instant::now() + std::time::Duration::from_millis(11);
@@ -352,22 +439,93 @@ mod tests {
             .unwrap();
     }
 
+    fn authed(user: i64) -> ConnHandle {
+        let h = ConnHandle::new(1, 64, Arc::default());
+        h.set_identity(Identity {
+            user_id: user,
+            device: 1,
+            session_id: String::new(),
+        });
+        h
+    }
+
+    fn message(seq: u64, from: i64, content_type: u32) -> im_proto::client::Message {
+        im_proto::client::Message {
+            seq,
+            from,
+            conv_type: im_proto::client::ConversationType::C2c as i32,
+            content_type,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn only_advancing_acks_are_news() {
-        let h = ConnHandle::new(1, 8, Arc::default());
-        assert!(!h.ack_advances(0));
-        assert!(h.ack_advances(5));
-        assert!(!h.ack_advances(5));
-        assert!(!h.ack_advances(3));
-        assert!(h.ack_advances(6));
+        let h = authed(7);
+        assert_eq!(h.on_ack(0), AckOutcome::Repeat);
+        assert_eq!(h.on_ack(5), AckOutcome::Forward);
+        assert_eq!(h.on_ack(5), AckOutcome::Repeat);
+        assert_eq!(h.on_ack(3), AckOutcome::Repeat);
+        assert_eq!(h.on_ack(6), AckOutcome::Forward);
     }
 
     #[test]
     fn ack_settles_the_window() {
-        let h = ConnHandle::new(1, 8, Arc::default());
-        h.send_push(Bytes::new(), 3).unwrap();
-        h.send_push(Bytes::new(), 5).unwrap();
-        h.ack(5);
+        let h = authed(7);
+        h.send_push(Bytes::new(), 3, true).unwrap();
+        h.send_push(Bytes::new(), 5, false).unwrap();
+        assert_eq!(h.on_ack(5), AckOutcome::Forward);
         assert!(!h.retransmit(Instant::now() + std::time::Duration::from_secs(60)));
+    }
+
+    /// An ACK that settles only pushes wanting no receipt is held until the
+    /// tick or a later forwarded ACK; one that settles a message wanting a
+    /// receipt, reaches past what was pushed, or is the connection's first,
+    /// goes at once.
+    #[test]
+    fn acks_that_store_no_receipt_are_deferred() {
+        let h = authed(7);
+        // The first ACK of a connection may cover what an earlier one got.
+        h.send_push(Bytes::new(), 2, false).unwrap();
+        assert_eq!(h.on_ack(2), AckOutcome::Forward);
+        // Receipts (or own messages): held, the newest one kept.
+        h.send_push(Bytes::new(), 4, false).unwrap();
+        assert_eq!(h.on_ack(4), AckOutcome::Deferred);
+        assert_eq!(h.on_ack(4), AckOutcome::Repeat);
+        h.send_push(Bytes::new(), 6, false).unwrap();
+        assert_eq!(h.on_ack(6), AckOutcome::Deferred);
+        assert!(h.has_deferred());
+        assert_eq!(h.take_deferred(), Some(6));
+        assert_eq!(h.take_deferred(), None);
+        assert!(!h.has_deferred());
+        // A message from someone else: its receipt is not delayed.
+        h.send_push(Bytes::new(), 7, true).unwrap();
+        h.send_push(Bytes::new(), 8, false).unwrap();
+        assert_eq!(h.on_ack(8), AckOutcome::Forward);
+        // Beyond what was pushed (a pull, say): forwarded.
+        h.send_push(Bytes::new(), 9, false).unwrap();
+        assert_eq!(h.on_ack(10), AckOutcome::Forward);
+        // A deferred ACK that a forwarded one covered is not sent again.
+        h.send_push(Bytes::new(), 11, false).unwrap();
+        assert_eq!(h.on_ack(11), AckOutcome::Deferred);
+        h.send_push(Bytes::new(), 12, true).unwrap();
+        assert_eq!(h.on_ack(12), AckOutcome::Forward);
+        assert_eq!(h.take_deferred(), None);
+    }
+
+    #[test]
+    fn a_pulled_message_wanting_a_receipt_forwards_the_acks_after_it() {
+        let h = authed(7);
+        h.send_push(Bytes::new(), 1, true).unwrap();
+        assert_eq!(h.on_ack(1), AckOutcome::Forward);
+        // Pulled: a receipt, an own message, a message from user 8.
+        h.note_pulled(&[message(2, 8, 0xF001), message(3, 7, 1)]);
+        h.send_push(Bytes::new(), 4, false).unwrap();
+        assert_eq!(h.on_ack(4), AckOutcome::Deferred);
+        h.note_pulled(&[message(5, 8, 1)]);
+        h.send_push(Bytes::new(), 6, false).unwrap();
+        assert_eq!(h.on_ack(6), AckOutcome::Forward);
+        h.send_push(Bytes::new(), 7, false).unwrap();
+        assert_eq!(h.on_ack(7), AckOutcome::Deferred);
     }
 }

@@ -76,7 +76,8 @@ pub struct Gateway {
     pub(crate) conns: DashMap<u64, Arc<ConnHandle>>,
     /// `cfg.retransmit`, shared by every connection's window.
     pub(crate) retransmit: Arc<RetransmitConfig>,
-    /// Connections holding unacknowledged pushes (what the retransmit scan visits).
+    /// Connections holding unacknowledged pushes or a deferred ACK (what
+    /// the retransmit scan visits).
     held: DashMap<u64, ()>,
     next_conn: AtomicU64,
     pub(crate) conn_limit: Arc<Semaphore>,
@@ -127,16 +128,25 @@ impl Gateway {
         let mut reply = PushReply::default();
         for item in batch.items {
             let max_seq = item.messages.iter().map(|m| m.seq).max().unwrap_or(0);
+            // Senders of the messages whose acknowledgement by anyone but
+            // themselves stores a DELIVERED receipt.
+            let receipt_from: Vec<i64> = item
+                .messages
+                .iter()
+                .filter(|m| im_proto::wants_delivered_receipt(m, 0))
+                .map(|m| m.from)
+                .collect();
             let body = Push {
                 messages: item.messages,
             }
             .encode_to_vec();
             let frame = Frame::request(Command::Push, 0, body).to_bytes();
             for conn_id in item.conn_ids {
-                let sent = self
-                    .conns
-                    .get(&conn_id)
-                    .map(|h| h.send_push(frame.clone(), max_seq));
+                let sent = self.conns.get(&conn_id).map(|h| {
+                    let user = h.identity().map_or(0, |id| id.user_id);
+                    let wants_receipt = receipt_from.iter().any(|&from| from != user);
+                    h.send_push(frame.clone(), max_seq, wants_receipt)
+                });
                 match sent {
                     Some(Ok(())) => {
                         self.held.insert(conn_id, ());
@@ -186,7 +196,31 @@ impl Gateway {
         }
     }
 
-    /// Resends unacknowledged pushes when due, until shutdown.
+    /// Watches `handle` on the retransmit tick (it holds pushes or a
+    /// deferred ACK).
+    pub(crate) fn hold(&self, handle: &ConnHandle) {
+        self.held.insert(handle.conn_id, ());
+    }
+
+    /// Sends the connection's deferred ACK to logic, if it still has one
+    /// (fire-and-forget, like every ACK).
+    pub(crate) fn forward_deferred_ack(&self, handle: &ConnHandle) {
+        let (Some(id), Some(seq)) = (handle.identity(), handle.take_deferred()) else {
+            return;
+        };
+        let up = crate::session::up_request(
+            self,
+            handle,
+            id,
+            im_proto::logic::up_request::Kind::Ack(im_proto::client::Ack { seq }),
+        );
+        let logic = self.logic.clone();
+        tokio::spawn(async move {
+            drop(logic.submit(up).await);
+        });
+    }
+
+    /// Resends unacknowledged pushes and forwards deferred ACKs, until shutdown.
     pub async fn run_retransmit(self: Arc<Self>) {
         let tick = (self.cfg.retransmit.ack_timeout / 4).max(Duration::from_millis(20));
         self.every(tick, |gw| {
@@ -194,7 +228,11 @@ impl Gateway {
             let ids: Vec<u64> = gw.held.iter().map(|e| *e.key()).collect();
             for id in ids {
                 let still_held = match gw.conns.get(&id).map(|h| h.clone()) {
-                    Some(h) => h.retransmit(now),
+                    Some(h) => {
+                        gw.forward_deferred_ack(&h);
+                        // (`|`: both run; an ACK deferred meanwhile keeps it.)
+                        h.retransmit(now) | h.has_deferred()
+                    }
                     None => false,
                 };
                 if !still_held {

@@ -49,6 +49,19 @@ pub static PUSH_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("register im_gateway_push_latency_seconds")
 });
 
+/// ACK frames by what the gateway did with them: `forwarded` to logic at
+/// once, `deferred` (they settle only pushes that want no receipt, and go
+/// to logic later, covered by the next forwarded one or the flush), or
+/// `repeat` (nothing new).
+pub static ACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "im_gateway_acks_total",
+        "ACK frames from devices by outcome (forwarded, deferred, repeat)",
+        &["outcome"]
+    )
+    .expect("register im_gateway_acks_total")
+});
+
 pub static KICKED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!("im_gateway_kicked_total", "Sessions kicked out")
         .expect("register im_gateway_kicked_total")

@@ -21,7 +21,7 @@ use im_proto::logic::{self, UpReply, UpRequest, up_reply, up_request};
 use im_proto::prost::Message as _;
 use im_proto::{Command, Frame, FrameError};
 
-use crate::conn::{ConnHandle, Identity};
+use crate::conn::{AckOutcome, ConnHandle, Identity};
 use crate::gateway::Gateway;
 use crate::metrics;
 use crate::ratelimit::TokenBucket;
@@ -108,6 +108,8 @@ where
             metrics::CONNECTIONS.inc();
             tracing::debug!(conn = conn_id, user = identity.user_id, %peer, "authenticated");
             let unwritten = Serve::new(&gw, &handle, identity, &mut io).await;
+            // The cursor catches up with what the device acknowledged.
+            gw.forward_deferred_ack(&handle);
             metrics::CONNECTIONS.dec();
             gw.conns.remove(&conn_id);
             handle.close();
@@ -285,6 +287,9 @@ where
             };
             // A connection waiting on its own requests is not idle.
             self.handle.touch();
+            if let Some(up_reply::Kind::Pulled(p)) = &reply.kind {
+                self.handle.note_pulled(&p.messages);
+            }
             if self.handle.send(reply_frame(command, seq, reply)).is_err() {
                 return Poll::Ready(false);
             }
@@ -451,15 +456,24 @@ fn step(
             let Ok(ack) = Ack::decode(frame.body) else {
                 return bad_body("Ack");
             };
-            handle.ack(ack.seq);
-            if !handle.ack_advances(ack.seq) {
+            let outcome = handle.on_ack(ack.seq);
+            metrics::ACKS.with_label_values(&[outcome.label()]).inc();
+            return match outcome {
+                // Logic advances the device cursor and sends DELIVERED
+                // receipts; nothing to answer, so the reply is not awaited.
+                AckOutcome::Forward => {
+                    Step::Submit(None, up_request(gw, handle, id, up_request::Kind::Ack(ack)))
+                }
+                // Forwarded by the retransmit tick or the connection's end,
+                // unless a later ACK covers it first.
+                AckOutcome::Deferred => {
+                    gw.hold(handle);
+                    Step::None
+                }
                 // Nothing new for the device cursor (a repeat, or an ACK
                 // after group messages, which live outside the inbox).
-                return Step::None;
-            }
-            // Logic advances the device cursor and sends DELIVERED receipts;
-            // nothing to answer, so the reply is not awaited.
-            return Step::Submit(None, up_request(gw, handle, id, up_request::Kind::Ack(ack)));
+                AckOutcome::Repeat => Step::None,
+            };
         }
         Some(Command::Logout) => {
             let _ = handle.send(Frame::response(cmd, seq, Bytes::new()).to_bytes());
@@ -506,7 +520,7 @@ fn step(
     Step::Submit(Some((cmd, seq)), up_request(gw, handle, id, kind))
 }
 
-fn up_request(
+pub(crate) fn up_request(
     gw: &Gateway,
     handle: &ConnHandle,
     id: &Identity,

@@ -32,6 +32,8 @@ impl Default for RetransmitConfig {
 #[derive(Debug)]
 struct Entry {
     max_seq: u64,
+    /// It holds a message whose acknowledgement stores a DELIVERED receipt.
+    wants_receipt: bool,
     frame: Bytes,
     first_sent: Instant,
     next_due: Instant,
@@ -51,6 +53,17 @@ pub enum Due {
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct WindowFull;
+
+/// What an acknowledgement settled.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Settled {
+    /// Push-to-ack latency of each push it settled.
+    pub latencies: Vec<Duration>,
+    /// The highest sequence among them (0: none).
+    pub max_seq: u64,
+    /// One of them held a message that wants a DELIVERED receipt.
+    pub wants_receipt: bool,
+}
 
 #[derive(Debug)]
 pub struct RetransmitWindow {
@@ -83,7 +96,13 @@ impl RetransmitWindow {
     }
 
     /// Records a push just sent; pushes the device already acknowledged are not held.
-    pub fn push(&mut self, max_seq: u64, frame: Bytes, now: Instant) -> Result<(), WindowFull> {
+    pub fn push(
+        &mut self,
+        max_seq: u64,
+        wants_receipt: bool,
+        frame: Bytes,
+        now: Instant,
+    ) -> Result<(), WindowFull> {
         if max_seq <= self.acked {
             return Ok(());
         }
@@ -92,6 +111,7 @@ impl RetransmitWindow {
         }
         self.entries.push_back(Entry {
             max_seq,
+            wants_receipt,
             frame,
             first_sent: now,
             next_due: now + self.backoff(1),
@@ -100,20 +120,23 @@ impl RetransmitWindow {
         Ok(())
     }
 
-    /// Cumulative acknowledgement up to `seq`; returns push-to-ack latencies
-    /// of the pushes it settles.
-    pub fn ack(&mut self, seq: u64, now: Instant) -> Vec<Duration> {
+    /// Cumulative acknowledgement up to `seq`: settles the pushes it covers.
+    pub fn ack(&mut self, seq: u64, now: Instant) -> Settled {
         self.acked = self.acked.max(seq);
-        let mut latencies = Vec::new();
+        let mut settled = Settled::default();
         self.entries.retain(|e| {
             if e.max_seq <= seq {
-                latencies.push(now.saturating_duration_since(e.first_sent));
+                settled
+                    .latencies
+                    .push(now.saturating_duration_since(e.first_sent));
+                settled.max_seq = settled.max_seq.max(e.max_seq);
+                settled.wants_receipt |= e.wants_receipt;
                 false
             } else {
                 true
             }
         });
-        latencies
+        settled
     }
 
     /// Pushes due again at `now`, or the verdict to give up.
@@ -163,7 +186,7 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut w = RetransmitWindow::new(cfg());
-        w.push(5, f(5), t0).unwrap();
+        w.push(5, false, f(5), t0).unwrap();
         assert_eq!(w.due(t0 + Duration::from_millis(999)), Due::Nothing);
         assert_eq!(w.due(t0 + s(1)), Due::Resend(vec![f(5)]));
         // Second retry waits 2 s (doubling).
@@ -177,16 +200,26 @@ mod tests {
     fn cumulative_ack_settles_out_of_order_pushes() {
         let t0 = Instant::now();
         let mut w = RetransmitWindow::new(cfg());
-        w.push(10, f(10), t0).unwrap();
-        w.push(8, f(8), t0).unwrap();
-        w.push(12, f(12), t0).unwrap();
-        let lat = w.ack(10, t0 + Duration::from_millis(7));
-        assert_eq!(lat, vec![Duration::from_millis(7); 2]);
+        w.push(10, false, f(10), t0).unwrap();
+        w.push(8, true, f(8), t0).unwrap();
+        w.push(12, false, f(12), t0).unwrap();
+        let settled = w.ack(10, t0 + Duration::from_millis(7));
+        assert_eq!(
+            settled,
+            Settled {
+                latencies: vec![Duration::from_millis(7); 2],
+                max_seq: 10,
+                wants_receipt: true,
+            }
+        );
+        // Nothing left to settle at 10; the push up to 12 wants no receipt.
+        assert_eq!(w.ack(10, t0), Settled::default());
         assert_eq!(w.len(), 1);
         // A push the device already acknowledged is not held.
-        w.push(9, f(9), t0).unwrap();
+        w.push(9, false, f(9), t0).unwrap();
         assert_eq!(w.len(), 1);
         assert_eq!(w.due(t0 + Duration::from_secs(1)), Due::Resend(vec![f(12)]));
+        assert!(!w.ack(12, t0).wants_receipt);
     }
 
     #[test]
@@ -194,11 +227,11 @@ mod tests {
         let t0 = Instant::now();
         let mut w = RetransmitWindow::new(cfg());
         for s in 1..=3 {
-            w.push(s, f(s as u8), t0).unwrap();
+            w.push(s, false, f(s as u8), t0).unwrap();
         }
-        assert_eq!(w.push(4, f(4), t0), Err(WindowFull));
+        assert_eq!(w.push(4, false, f(4), t0), Err(WindowFull));
         w.ack(1, t0);
-        assert!(w.push(4, f(4), t0).is_ok());
+        assert!(w.push(4, false, f(4), t0).is_ok());
     }
 
     #[test]

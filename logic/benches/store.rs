@@ -4,10 +4,19 @@
 //! end; skipped when it does not answer), with batches of one-to-one
 //! messages between 64 users. On Postgres the batches run on one kept
 //! connection, as the committer runs them.
+//!
+//! `store_c2c_steady_postgres` is the writer's work in `im-bench
+//! c2c-latency`'s steady state: 500 pairs, batches of 12 messages, each
+//! batch also carrying the acks its predecessor caused that reach logic at
+//! once: the recipients', which store DELIVERED receipts. (The senders'
+//! acks of those receipts store none; the gateway defers them, see
+//! `ConnHandle::on_ack`.)
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use im_logic::store::receipts::DeviceAck;
 use im_logic::store::{NewMessage, SendPolicy, Store, WriterConn};
 use im_proto::client::ConversationType;
 
@@ -34,10 +43,17 @@ fn batch(users: &[i64], size: usize, next: &AtomicU64) -> Vec<NewMessage> {
 }
 
 async fn with_users(url: &str) -> Result<(Store, Vec<i64>), im_logic::store::StoreError> {
+    with_n_users(url, USERS).await
+}
+
+async fn with_n_users(
+    url: &str,
+    n: usize,
+) -> Result<(Store, Vec<i64>), im_logic::store::StoreError> {
     let store = Store::connect(url, 4).await?;
     store.migrate().await?;
     let mut users = Vec::new();
-    for i in 0..USERS {
+    for i in 0..n {
         users.push(store.create_user(&format!("u{i}"), "not-a-hash", 0).await?);
     }
     Ok((store, users))
@@ -78,6 +94,71 @@ fn commit_batches(
     g.finish();
 }
 
+/// Pairs (sender `2k`, recipient `2k + 1`) and the batch size of
+/// `c2c-latency` at 5,000 msg/s.
+const PAIRS: usize = 500;
+const STEADY_BATCH: usize = 12;
+
+/// Commits batches of [`STEADY_BATCH`] messages round the pairs, each with
+/// the acks of the previous batch's messages that want a receipt (per
+/// user, up to its newest).
+fn commit_steady(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    (store, users): &(Store, Vec<i64>),
+) {
+    let _rt = rt.enter();
+    let held = std::cell::RefCell::new(WriterConn::default());
+    let acks = std::cell::RefCell::new(Vec::<DeviceAck>::new());
+    let next = AtomicU64::new(0);
+    let mut g = c.benchmark_group("store_c2c_steady_postgres");
+    g.throughput(Throughput::Elements(STEADY_BATCH as u64));
+    g.bench_function(format!("batch_{STEADY_BATCH}"), |b| {
+        b.iter(|| {
+            let items = (0..STEADY_BATCH)
+                .map(|_| {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    let pair = n as usize % PAIRS;
+                    let (from, to) = (users[2 * pair], users[2 * pair + 1]);
+                    NewMessage {
+                        sender: from,
+                        client_msg_id: format!("steady-{n}"),
+                        conv_type: ConversationType::C2c,
+                        target: to,
+                        content_type: 1,
+                        body: Bytes::from_static(&[b'x'; 64]),
+                        recipients: vec![to],
+                        policy: SendPolicy::Unchecked,
+                    }
+                })
+                .collect();
+            let mut held = held.borrow_mut();
+            let mut acks = acks.borrow_mut();
+            let (_, out) = rt
+                .block_on(store.commit_with_acks_on(&mut held, items, &acks, im_proto::now_ms()))
+                .expect("commit");
+            let mut newest = BTreeMap::new();
+            let acked = out
+                .deliveries
+                .iter()
+                .filter(|d| im_proto::wants_delivered_receipt(&d.message, d.user));
+            for d in acked {
+                let seq = newest.entry(d.user).or_insert(0);
+                *seq = d.message.seq.max(*seq);
+            }
+            *acks = newest
+                .into_iter()
+                .map(|(user, seq)| DeviceAck {
+                    user,
+                    device: 1,
+                    seq,
+                })
+                .collect();
+        })
+    });
+    g.finish();
+}
+
 fn store(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,12 +180,25 @@ fn store(c: &mut Criterion) {
         Ok(pg) => {
             commit_batches(c, &rt, "store_commit_batch_postgres", &pg, &[1, 16, 64]);
             rt.block_on(async { drop(pg) });
-            use sqlx::migrate::MigrateDatabase;
-            if let Err(e) = rt.block_on(sqlx::Any::force_drop_database(&url)) {
-                eprintln!("could not drop {url}: {e}");
+            let steady = format!("{url}_steady");
+            match rt.block_on(with_n_users(&steady, 2 * PAIRS)) {
+                Ok(pg) => {
+                    commit_steady(c, &rt, &pg);
+                    rt.block_on(async { drop(pg) });
+                    drop_db(&rt, &steady);
+                }
+                Err(e) => eprintln!("skipping the steady benchmark: {e}"),
             }
+            drop_db(&rt, &url);
         }
         Err(e) => eprintln!("skipping the Postgres benchmarks ({base}): {e}"),
+    }
+}
+
+fn drop_db(rt: &tokio::runtime::Runtime, url: &str) {
+    use sqlx::migrate::MigrateDatabase;
+    if let Err(e) = rt.block_on(sqlx::Any::force_drop_database(url)) {
+        eprintln!("could not drop {url}: {e}");
     }
 }
 

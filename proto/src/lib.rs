@@ -44,3 +44,16 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Content types from here up are the server's (receipts, revoke notices);
+/// clients may not send them.
+pub const SYSTEM_CONTENT_MIN: u32 = 0xF000;
+
+/// Whether `reader` acknowledging `m` stores a DELIVERED receipt for its
+/// sender: one-to-one user content from someone else (docs/protocol.md,
+/// section 5.5). Receipts never produce receipts.
+pub fn wants_delivered_receipt(m: &client::Message, reader: i64) -> bool {
+    m.conv_type == client::ConversationType::C2c as i32
+        && m.from != reader
+        && m.content_type < SYSTEM_CONTENT_MIN
+}

@@ -263,3 +263,85 @@ async fn a_server_whose_port_was_taken_is_started_again_on_fresh_ports() -> anyh
     drop(taken);
     Ok(())
 }
+
+/// A device's ACK of a DELIVERED receipt stores no receipt, only its
+/// cursor: the gateway holds it (`im_gateway_acks_total{outcome="deferred"}`)
+/// and sends it when the connection ends or on its retransmit tick (here
+/// 15 s away). The recipient's ACKs, which store receipts, go at once, and
+/// the connection's first ACK always does.
+#[tokio::test]
+async fn acks_that_store_no_receipt_wait_for_the_connection_to_end() -> anyhow::Result<()> {
+    use im_proto::client::DeviceType;
+
+    let opts = ClusterOptions {
+        env: vec![("IM_ACK_TIMEOUT_MS".into(), "60000".into())],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(opts, 1, 1).await?;
+    let db = sqlx::PgPool::connect(&cluster.database_url).await?;
+    let cursor = async |user: i64| -> anyhow::Result<i64> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "SELECT acked_seq FROM device_cursors WHERE user_id = $1 AND device = $2",
+        )
+        .bind(user)
+        .bind(DeviceType::Desktop as i64)
+        .fetch_optional(&db)
+        .await?;
+        Ok(row.map_or(0, |r| r.0))
+    };
+    let a = new_user(&cluster.api(0), &unique("a")).await?;
+    let b = new_user(&cluster.api(0), &unique("b")).await?;
+    let ca = online(&cluster.tcp_endpoint(0), &a).await?;
+    let cb = online(&cluster.tcp_endpoint(0), &b).await?;
+    let mut receipt_seqs = Vec::new();
+    for k in 0..3 {
+        ca.send_text(b.id, &format!("m{k}")).await?;
+        assert_eq!(recv_n(&cb, 1, Duration::from_secs(10)).await?.len(), 1);
+        // A gets B's DELIVERED receipt (and acknowledges it).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = ca.recv(Duration::from_millis(200)).await?;
+            if let Some(r) = got.iter().find(|m| m.content_type == 0xF001) {
+                receipt_seqs.push(r.seq as i64);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no receipt for m{k}"
+            );
+        }
+    }
+    // B's ACKs stored every receipt at once; B's cursor is at its newest.
+    assert_eq!(receipt_seqs.len(), 3);
+    assert_eq!(cursor(b.id).await?, 3);
+    let metrics = reqwest::get(format!("http://{}/metrics", cluster.gateway_http[0]))
+        .await?
+        .text()
+        .await?;
+    let deferred: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("im_gateway_acks_total{outcome=\"deferred\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(deferred >= 2.0, "{metrics}");
+    // A's first ACK went to logic; the later ones wait.
+    let last = *receipt_seqs.last().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = cursor(a.id).await?;
+    assert!(
+        held >= receipt_seqs[0] && held < last,
+        "{held} of {receipt_seqs:?}"
+    );
+    // The connection ends: its deferred ACK reaches logic.
+    drop(ca);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cursor(a.id).await? < last {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "cursor stayed behind"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cursor(a.id).await?, last);
+    Ok(())
+}
