@@ -22,22 +22,27 @@ use im_proto::client::ConversationType;
 
 const USERS: usize = 64;
 
+/// A one-to-one text message with a 64-byte body.
+fn message(from: i64, to: i64, client_msg_id: String) -> NewMessage {
+    NewMessage {
+        sender: from,
+        client_msg_id,
+        conv_type: ConversationType::C2c,
+        target: to,
+        content_type: 1,
+        body: Bytes::from_static(&[b'x'; 64]),
+        recipients: vec![to],
+        policy: SendPolicy::Unchecked,
+    }
+}
+
 fn batch(users: &[i64], size: usize, next: &AtomicU64) -> Vec<NewMessage> {
     (0..size)
         .map(|i| {
             let n = next.fetch_add(1, Ordering::Relaxed);
             let from = users[i % users.len()];
             let to = users[(i + 1) % users.len()];
-            NewMessage {
-                sender: from,
-                client_msg_id: format!("bench-{n}"),
-                conv_type: ConversationType::C2c,
-                target: to,
-                content_type: 1,
-                body: Bytes::from_static(&[b'x'; 64]),
-                recipients: vec![to],
-                policy: SendPolicy::Unchecked,
-            }
+            message(from, to, format!("bench-{n}"))
         })
         .collect()
 }
@@ -119,17 +124,7 @@ fn commit_steady(
                 .map(|_| {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let pair = n as usize % PAIRS;
-                    let (from, to) = (users[2 * pair], users[2 * pair + 1]);
-                    NewMessage {
-                        sender: from,
-                        client_msg_id: format!("steady-{n}"),
-                        conv_type: ConversationType::C2c,
-                        target: to,
-                        content_type: 1,
-                        body: Bytes::from_static(&[b'x'; 64]),
-                        recipients: vec![to],
-                        policy: SendPolicy::Unchecked,
-                    }
+                    message(users[2 * pair], users[2 * pair + 1], format!("steady-{n}"))
                 })
                 .collect();
             let mut held = held.borrow_mut();
