@@ -107,7 +107,7 @@ impl Outbox {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckOutcome {
     /// Send it to logic now.
-    Forward,
+    Forward = 0,
     /// Held: it stores no receipt.
     Deferred,
     /// Nothing new.
@@ -115,12 +115,9 @@ pub enum AckOutcome {
 }
 
 impl AckOutcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            AckOutcome::Forward => "forwarded",
-            AckOutcome::Deferred => "deferred",
-            AckOutcome::Repeat => "repeat",
-        }
+    /// Its place in [`metrics::ACK_OUTCOMES`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -511,6 +508,14 @@ mod tests {
         h.send_push(Bytes::new(), 12, true).unwrap();
         assert_eq!(h.on_ack(12), AckOutcome::Forward);
         assert_eq!(h.take_deferred(), None);
+    }
+
+    #[test]
+    fn ack_outcomes_name_their_counters() {
+        let label = |o: AckOutcome| metrics::ACK_OUTCOMES[o.index()];
+        assert_eq!(label(AckOutcome::Forward), "forwarded");
+        assert_eq!(label(AckOutcome::Deferred), "deferred");
+        assert_eq!(label(AckOutcome::Repeat), "repeat");
     }
 
     #[test]

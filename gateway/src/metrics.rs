@@ -49,7 +49,7 @@ pub static PUSH_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("register im_gateway_push_latency_seconds")
 });
 
-/// ACK frames by what the gateway did with them: `forwarded` to logic at
+/// ACK frames by what the gateway did with them (see [`ack`]): `forwarded` to logic at
 /// once, `deferred` (they settle only pushes that want no receipt, and go
 /// to logic later, covered by the next forwarded one or the flush), or
 /// `repeat` (nothing new).
@@ -116,6 +116,17 @@ pub static PROTOCOL_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register im_gateway_protocol_errors_total")
 });
 
+/// Counts an ACK frame by its outcome, one of [`ACK_OUTCOMES`] (the
+/// counters are resolved once: an ACK comes with every push).
+pub fn ack(outcome: usize) {
+    static BY_OUTCOME: LazyLock<[IntCounter; 3]> =
+        LazyLock::new(|| ACK_OUTCOMES.map(|o| ACKS.with_label_values(&[o])));
+    BY_OUTCOME[outcome].inc();
+}
+
+/// The `outcome` labels of `im_gateway_acks_total`.
+pub const ACK_OUTCOMES: [&str; 3] = ["forwarded", "deferred", "repeat"];
+
 pub fn frame(direction: &str, command: u16) {
     let name = im_proto::Command::from_code(command)
         .map(|c| c.name())
@@ -128,6 +139,9 @@ pub fn init() {
     LazyLock::force(&CONNECTIONS);
     LazyLock::force(&ACCEPTED);
     LazyLock::force(&FRAMES);
+    for o in ACK_OUTCOMES {
+        ACKS.with_label_values(&[o]);
+    }
     LazyLock::force(&PUSH_LATENCY);
     LazyLock::force(&KICKED);
     LazyLock::force(&SLOW_CONSUMERS);

@@ -457,7 +457,7 @@ fn step(
                 return bad_body("Ack");
             };
             let outcome = handle.on_ack(ack.seq);
-            metrics::ACKS.with_label_values(&[outcome.label()]).inc();
+            metrics::ack(outcome.index());
             return match outcome {
                 // Logic advances the device cursor and sends DELIVERED
                 // receipts; nothing to answer, so the reply is not awaited.
