@@ -14,9 +14,13 @@ use super::{Store, StoreError};
 pub const SYSTEM_CONTENT_MIN: u32 = im_proto::SYSTEM_CONTENT_MIN;
 
 /// The condition "not a system message" exactly as the partial indexes of
-/// the messages table state it (migrations `0004`): a query must carry it as
-/// this literal, not as a bound parameter, for the planner (of Postgres, for
-/// a prepared statement's generic plan, and of SQLite) to use those indexes.
+/// the messages table state it (migrations `0004`, `0006`): a query must
+/// carry it as this literal, not as a bound parameter, for the planner (of
+/// Postgres, for a prepared statement's generic plan, and of SQLite) to use
+/// those indexes. The same holds for the conversation type, which since
+/// `0006` decides which indexes hold a message (`messages_pair` and
+/// `messages_sender` one-to-one messages, `messages_conv` group messages):
+/// queries write it as the literal [`C2C`] or [`C2G`].
 pub const USER_CONTENT: &str = "content_type < 61440";
 
 /// A stored message as history shows it.
@@ -63,17 +67,18 @@ fn item_from_row(r: &AnyRow) -> Result<HistoryItem, sqlx::Error> {
     })
 }
 
-const C2C: i64 = ConversationType::C2c as i64;
-const C2G: i64 = ConversationType::C2g as i64;
+/// The conversation types as the partial indexes' predicates write them.
+pub const C2C: i64 = ConversationType::C2c as i64;
+pub const C2G: i64 = ConversationType::C2g as i64;
 
-/// The one-to-one history query: binds the c2c conversation type, the id to
-/// stay below, the two users and the limit.
+/// The one-to-one history query: binds the id to stay below, the two users
+/// and the limit.
 pub fn history_c2c_sql() -> String {
     format!(
         "SELECT {ITEM_COLS} FROM messages m LEFT JOIN revoked_messages r ON r.msg_id = m.id \
-         WHERE m.conv_type = $1 AND m.{USER_CONTENT} AND m.id < $2 AND \
-         ((m.sender = $3 AND m.target = $4) OR (m.sender = $4 AND m.target = $3)) \
-         ORDER BY m.id DESC LIMIT $5"
+         WHERE m.conv_type = {C2C} AND m.{USER_CONTENT} AND m.id < $1 AND \
+         ((m.sender = $2 AND m.target = $3) OR (m.sender = $3 AND m.target = $2)) \
+         ORDER BY m.id DESC LIMIT $4"
     )
 }
 
@@ -87,7 +92,6 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<HistoryItem>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(history_c2c_sql()))
-            .bind(C2C)
             .bind(before)
             .bind(me)
             .bind(peer)
@@ -107,11 +111,10 @@ impl Store {
     ) -> Result<Vec<HistoryItem>, StoreError> {
         let q = format!(
             "SELECT {ITEM_COLS} FROM messages m LEFT JOIN revoked_messages r ON r.msg_id = m.id \
-             WHERE m.conv_type = $1 AND m.target = $2 AND m.{USER_CONTENT} AND m.id < $3 \
-             AND m.sent_at_ms >= $4 ORDER BY m.id DESC LIMIT $5"
+             WHERE m.conv_type = {C2G} AND m.target = $1 AND m.{USER_CONTENT} AND m.id < $2 \
+             AND m.sent_at_ms >= $3 ORDER BY m.id DESC LIMIT $4"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(C2G)
             .bind(group)
             .bind(before)
             .bind(since_ms)
@@ -145,12 +148,11 @@ impl Store {
     pub async fn c2c_peers(&self, me: i64) -> Result<Vec<(i64, i64)>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT peer, MAX(id) FROM (\
-               SELECT target AS peer, id FROM messages WHERE conv_type = $1 AND sender = $2 AND {USER_CONTENT} \
+               SELECT target AS peer, id FROM messages WHERE conv_type = {C2C} AND sender = $1 AND {USER_CONTENT} \
                UNION ALL \
-               SELECT sender AS peer, id FROM messages WHERE conv_type = $1 AND target = $2 AND {USER_CONTENT}\
+               SELECT sender AS peer, id FROM messages WHERE conv_type = {C2C} AND target = $1 AND {USER_CONTENT}\
              ) t GROUP BY peer",
         )))
-        .bind(C2C)
         .bind(me)
         .fetch_all(&self.pool)
         .await?;
@@ -163,12 +165,11 @@ impl Store {
     pub async fn unread_c2c(&self, me: i64) -> Result<HashMap<i64, i64>, StoreError> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT m.sender, COUNT(*) FROM messages m LEFT JOIN conversation_reads r \
-             ON r.user_id = $1 AND r.conv_type = $2 AND r.peer_id = m.sender \
-             WHERE m.conv_type = $2 AND m.target = $1 AND m.sender <> $1 AND m.{USER_CONTENT} \
+             ON r.user_id = $1 AND r.conv_type = {C2C} AND r.peer_id = m.sender \
+             WHERE m.conv_type = {C2C} AND m.target = $1 AND m.sender <> $1 AND m.{USER_CONTENT} \
              AND m.id > COALESCE(r.read_msg_id, 0) GROUP BY m.sender",
         )))
         .bind(me)
-        .bind(C2C)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -183,10 +184,9 @@ impl Store {
         since_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT MAX(id) FROM messages WHERE conv_type = $1 AND target = $2 AND {USER_CONTENT} \
-             AND sent_at_ms >= $3",
+            "SELECT MAX(id) FROM messages WHERE conv_type = {C2G} AND target = $1 AND {USER_CONTENT} \
+             AND sent_at_ms >= $2",
         )))
-        .bind(C2G)
         .bind(group)
         .bind(since_ms)
         .fetch_one(&self.pool)
@@ -197,10 +197,9 @@ impl Store {
     /// The id of the last message between `me` and `peer`.
     pub async fn last_c2c_message(&self, me: i64, peer: i64) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT MAX(id) FROM messages WHERE conv_type = $1 AND {USER_CONTENT} AND \
-             ((sender = $2 AND target = $3) OR (sender = $3 AND target = $2))",
+            "SELECT MAX(id) FROM messages WHERE conv_type = {C2C} AND {USER_CONTENT} AND \
+             ((sender = $1 AND target = $2) OR (sender = $2 AND target = $1))",
         )))
-        .bind(C2C)
         .bind(me)
         .bind(peer)
         .fetch_one(&self.pool)
@@ -217,10 +216,9 @@ impl Store {
         since_ms: i64,
     ) -> Result<i64, StoreError> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT COUNT(*) FROM messages WHERE conv_type = $1 AND target = $2 AND sender <> $3 \
-             AND {USER_CONTENT} AND id > $4 AND sent_at_ms >= $5",
+            "SELECT COUNT(*) FROM messages WHERE conv_type = {C2G} AND target = $1 AND sender <> $2 \
+             AND {USER_CONTENT} AND id > $3 AND sent_at_ms >= $4",
         )))
-        .bind(C2G)
         .bind(group)
         .bind(me)
         .bind(after_id)
