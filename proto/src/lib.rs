@@ -53,7 +53,19 @@ pub const SYSTEM_CONTENT_MIN: u32 = 0xF000;
 /// sender: one-to-one user content from someone else (docs/protocol.md,
 /// section 5.5). Receipts never produce receipts.
 pub fn wants_delivered_receipt(m: &client::Message, reader: i64) -> bool {
-    m.conv_type == client::ConversationType::C2c as i32
-        && m.from != reader
-        && m.content_type < SYSTEM_CONTENT_MIN
+    delivered_receipt_to(m.conv_type, m.from, m.content_type, reader).is_some()
+}
+
+/// [`wants_delivered_receipt`] by a message's parts: the sender, whom
+/// `reader` acknowledging it sends a DELIVERED receipt to, if anyone.
+pub fn delivered_receipt_to(
+    conv_type: i32,
+    from: i64,
+    content_type: u32,
+    reader: i64,
+) -> Option<i64> {
+    (conv_type == client::ConversationType::C2c as i32
+        && from != reader
+        && content_type < SYSTEM_CONTENT_MIN)
+        .then_some(from)
 }

@@ -63,13 +63,13 @@ impl Store {
         let mut next = self
             .allocate(&mut tx, SeqTable::Groups, &counts, true)
             .await?;
-        let mut rows: Vec<(i64, i64, i64)> = Vec::with_capacity(fresh.len());
+        let mut rows: Vec<[Option<i64>; 3]> = Vec::with_capacity(fresh.len());
         for (i, msg_id) in fresh {
             let group = items[i].target;
             let Some(seq) = next.get_mut(&group) else {
                 return Err(StoreError::Db(sqlx::Error::RowNotFound));
             };
-            rows.push((group, *seq as i64, msg_id));
+            rows.push([Some(group), Some(*seq as i64), Some(msg_id)]);
             results[i] = Some(GroupStored {
                 msg_id,
                 group_seq: *seq,

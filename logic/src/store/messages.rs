@@ -185,10 +185,15 @@ impl Store {
                 });
             }
         }
-        let entries: Vec<(i64, u64, i64)> = deliveries
+        let entries: Vec<Entry> = deliveries
             .iter()
             .zip(&offsets)
-            .map(|(d, o)| (d.user, *o, d.message.msg_id))
+            .map(|(d, o)| Entry {
+                user: d.user,
+                offset: *o,
+                msg_id: d.message.msg_id,
+                receipt_to: receipt_to(&items[d.item], d.user),
+            })
             .collect();
         let first = self.reserve_inbox(&mut *tx, &counts, &entries).await?;
         for (d, o) in deliveries.iter_mut().zip(offsets) {
@@ -209,7 +214,7 @@ impl Store {
     }
 
     /// Reserves `counts[user]` inbox sequences per user and writes the
-    /// `(user, offset, msg_id)` entries at `first + offset`; returns each
+    /// entries at `first + offset`; returns each
     /// user's first reserved sequence. The users' rows are locked already.
     /// On Postgres both are one statement (a data-modifying CTE): a round
     /// trip less on the path every message takes. SQLite, and batches
@@ -218,24 +223,21 @@ impl Store {
         &self,
         tx: &mut AnyConnection,
         counts: &BTreeMap<i64, i64>,
-        entries: &[(i64, u64, i64)],
+        entries: &[Entry],
     ) -> Result<HashMap<i64, u64>, StoreError> {
         let fits = counts.len() <= sql::MAX_ROWS_PER_INSERT && entries.len() <= MAX_RESERVE_ENTRIES;
         if self.backend() != super::Backend::Postgres || !fits {
             let first = self
                 .allocate(&mut *tx, SeqTable::Users, counts, false)
                 .await?;
-            let rows: Vec<(i64, i64, i64)> = entries
+            let rows: Vec<[Option<i64>; 4]> = entries
                 .iter()
-                .map(|&(u, o, id)| {
-                    (
-                        u,
-                        (first.get(&u).copied().unwrap_or_default() + o) as i64,
-                        id,
-                    )
+                .map(|e| {
+                    let seq = first.get(&e.user).copied().unwrap_or_default() + e.offset;
+                    [Some(e.user), Some(seq as i64), Some(e.msg_id), e.receipt_to]
                 })
                 .collect();
-            insert_entries(&mut *tx, "inbox (user_id, seq, msg_id)", &rows).await?;
+            insert_entries(&mut *tx, "inbox (user_id, seq, msg_id, receipt_to)", &rows).await?;
             return Ok(first);
         }
         let (keys, rows) = (
@@ -254,10 +256,14 @@ impl Store {
         for u in sql::padded_ids(&ids) {
             query = query.bind(u);
         }
-        for &(u, o, id) in entries {
-            query = query.bind(u).bind(o as i64).bind(id);
+        for e in entries {
+            query = query
+                .bind(e.user)
+                .bind(e.offset as i64)
+                .bind(e.msg_id)
+                .bind(e.receipt_to);
         }
-        query = sql::bind_null_rows(query, entries.len(), 3);
+        query = sql::bind_null_rows(query, entries.len(), 4);
         let mut first = HashMap::with_capacity(counts.len());
         for row in query.fetch_all(&mut *tx).await? {
             let (user, base): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
@@ -588,7 +594,7 @@ const MAX_RESERVE_ENTRIES: usize = 4096;
 
 /// Postgres: reserve sequences for `keys` users (bound as (user, n) rows,
 /// then the same users again as an id list, see [`Store::allocate`]) and
-/// insert `rows` inbox entries (bound as (user, offset, msg_id)) at the
+/// insert `rows` inbox entries (bound as (user, offset, msg_id, receipt_to)) at the
 /// user's previous sequence + 1 + offset; returns (user, previous sequence)
 /// per user. NULL rows pad both lists and match nothing.
 fn reserve_inbox_sql(keys: usize, rows: usize) -> String {
@@ -597,13 +603,13 @@ fn reserve_inbox_sql(keys: usize, rows: usize) -> String {
          up AS (UPDATE user_seq SET seq = user_seq.seq + v.n FROM v \
            WHERE user_seq.user_id = v.k AND user_seq.user_id IN ({ids}) \
            RETURNING user_seq.user_id AS k, user_seq.seq - v.n AS base), \
-         e (k, o, id) AS (VALUES {entries}), \
-         ins AS (INSERT INTO inbox (user_id, seq, msg_id) \
-           SELECT e.k, up.base + 1 + e.o, e.id FROM e JOIN up ON up.k = e.k) \
+         e (k, o, id, rt) AS (VALUES {entries}), \
+         ins AS (INSERT INTO inbox (user_id, seq, msg_id, receipt_to) \
+           SELECT e.k, up.base + 1 + e.o, e.id, e.rt FROM e JOIN up ON up.k = e.k) \
          SELECT k, base FROM up",
         counts = sql::values(keys, 2),
         ids = sql::list(keys, keys * 2 + 1),
-        entries = sql::values_from(rows, 3, keys * 3 + 1),
+        entries = sql::values_from(rows, 4, keys * 3 + 1),
     )
 }
 
@@ -722,29 +728,37 @@ pub(super) async fn insert_messages(
     Ok(inserted)
 }
 
-/// Inserts (key, seq, msg_id) rows into `target`, an inbox table with its
-/// column list, e.g. `inbox (user_id, seq, msg_id)`.
-pub(super) async fn insert_entries(
+/// Inserts rows of `N` bigint columns into `target`, an inbox table with
+/// its column list, e.g. `group_inbox (group_id, seq, msg_id)`.
+pub(super) async fn insert_entries<const N: usize>(
     tx: &mut AnyConnection,
     target: &'static str,
-    rows: &[(i64, i64, i64)],
+    rows: &[[Option<i64>; N]],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(sql::rows_per_statement(tx, 3)) {
+    for chunk in rows.chunks(sql::rows_per_statement(tx, N)) {
         let q = sql::cached((target, sql::padded_len(chunk.len()), 0), || {
             format!(
                 "INSERT INTO {target} {}",
-                sql::padded_values(chunk.len(), 3)
+                sql::padded_values(chunk.len(), N)
             )
         });
         let mut query = sqlx::query(q);
-        for (k, seq, id) in chunk {
-            query = query.bind(*k).bind(*seq).bind(*id);
+        for v in chunk.iter().flatten() {
+            query = query.bind(*v);
         }
-        sql::bind_null_rows(query, chunk.len(), 3)
+        sql::bind_null_rows(query, chunk.len(), N)
             .execute(&mut *tx)
             .await?;
     }
     Ok(())
+}
+
+/// An inbox entry of a batch: `user`'s `offset`-th of those it reserved.
+struct Entry {
+    user: i64,
+    offset: u64,
+    msg_id: i64,
+    receipt_to: Option<i64>,
 }
 
 /// The `(user_id, other)` rows of `table` with `user_id` in `users` and
@@ -821,6 +835,12 @@ pub(super) fn inbox_users(m: &NewMessage) -> impl Iterator<Item = i64> + '_ {
     sender
         .into_iter()
         .chain(m.recipients.iter().copied().filter(move |r| *r != m.sender))
+}
+
+/// The `inbox.receipt_to` of `user`'s entry of `m`: whom acknowledging it
+/// sends a DELIVERED receipt to (`im_proto::wants_delivered_receipt`).
+pub(super) fn receipt_to(m: &NewMessage, user: i64) -> Option<i64> {
+    im_proto::delivered_receipt_to(m.conv_type as i32, m.sender, m.content_type, user)
 }
 
 fn message_from_row(r: &AnyRow) -> Result<Message, sqlx::Error> {

@@ -25,10 +25,9 @@ use im_proto::prost::Message as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Row};
 
-use super::history::SYSTEM_CONTENT_MIN;
 use super::messages::{
     BLOCKED_TEXT, BatchOutcome, Delivery, NOT_FRIENDS_TEXT, NewMessage, SendPolicy, SendResult,
-    Stored, entry_message, final_results, first_copies, inbox_users, stored,
+    Stored, entry_message, final_results, first_copies, inbox_users, receipt_to, stored,
 };
 use super::receipts::{DeviceAck, newest_per_device, receipt_message};
 use super::{Store, StoreError};
@@ -37,12 +36,13 @@ use super::{Store, StoreError};
 /// `$1`–`$7` the messages (sender, client_msg_id, conv_type, target,
 /// content_type, body, policy: 0 unchecked, 1 one-to-one, 2 one-to-one
 /// between friends only); `$8`, `$9` their recipients as (1-based message,
-/// user), in order; `$10`, `$11` their inbox users likewise; `$12`–`$15`
+/// user), in order; `$10`, `$11` their inbox users likewise, and `$12`
+/// each entry's `receipt_to` ([`receipt_to`], NULL for none); `$13`–`$16`
 /// the acknowledgements (user, device, sequence, and the start of the
 /// bodies of the receipts it produces: [`receipt_head`]), one per device.
-/// Then scalars: `$16` the time, `$17` the one-to-one conversation type,
-/// `$18` the DELIVERED kind, `$19` the first system content type, `$20` the
-/// receipt content type, `$21` the tag of `Receipt.msg_ids`
+/// Then scalars: `$17` the time, `$18` the one-to-one conversation type,
+/// `$19` the DELIVERED kind, `$20` the receipt content type, `$21` the tag
+/// of `Receipt.msg_ids`
 /// ([`MSG_IDS_TAG`]), which `im_packed_int64s` (migration 0005) appends.
 ///
 /// Rows are (kind, item, a, b, c, text, bytes):
@@ -59,12 +59,9 @@ use super::{Store, StoreError};
 /// As in the multi-statement path: each ack's newly covered range, read by
 /// index (`LATERAL … OFFSET 0`: Postgres would rather hash-join a scan of
 /// the whole inbox once there are a few dozen ranges, and `OFFSET 0` keeps
-/// the planner from flattening the subquery back into a join; the content
-/// condition is bound, not the literal of the partial history indexes
-/// ([`super::history::USER_CONTENT`]): with the literal, a plan made while
-/// the tables were empty read each covered row's message through a scan of
-/// such an index instead of by key, and stayed that way as the tables
-/// grew), receipts once per message and device, one receipt
+/// the planner from flattening the subquery back into a join), its entries
+/// with a `receipt_to` (migration 0007: no message row is read), receipts
+/// once per message and device, one receipt
 /// message per (device, original sender); every user the batch writes to
 /// locked in id order (a `FOR UPDATE` under `ORDER BY` locks in that
 /// order), so concurrent writers never deadlock; the policy read beside
@@ -72,7 +69,7 @@ use super::{Store, StoreError};
 /// handed out in batch order. Data-modifying CTEs run once, whether or not
 /// the query reads them, and see nothing of each other but what they return.
 pub const BATCH_SQL: &str = "\
-WITH a AS (SELECT * FROM unnest($12::int8[], $13::int8[], $14::int8[], $15::bytea[]) \
+WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::bytea[]) \
       WITH ORDINALITY AS a (user_id, device, ack, head, o)), \
  r AS MATERIALIZED (\
    SELECT a.o, a.user_id, a.device, a.head, COALESCE(c.acked_seq, 0) AS lo, LEAST(a.ack, s.seq) AS hi \
@@ -82,18 +79,17 @@ WITH a AS (SELECT * FROM unnest($12::int8[], $13::int8[], $14::int8[], $15::byte
    WHERE LEAST(a.ack, s.seq) > COALESCE(c.acked_seq, 0)), \
  moved AS (\
    INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) \
-   SELECT user_id, device, hi, $16 FROM r \
+   SELECT user_id, device, hi, $17 FROM r \
    ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
    updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq), \
  covered AS MATERIALIZED (\
    SELECT r.o, r.user_id, r.device, r.head, c.id, c.sender FROM r CROSS JOIN LATERAL (\
-     SELECT m.id, m.sender FROM inbox i CROSS JOIN LATERAL (\
-       SELECT id, sender FROM messages WHERE id = i.msg_id \
-       AND sender <> r.user_id AND conv_type = $17 AND content_type < $19 OFFSET 0) m \
-     WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi OFFSET 0) c), \
+     SELECT msg_id AS id, receipt_to AS sender FROM inbox \
+     WHERE user_id = r.user_id AND seq > r.lo AND seq <= r.hi AND receipt_to IS NOT NULL \
+     OFFSET 0) c), \
  fresh AS (\
    INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
-   SELECT id, user_id, device, $18, $16 FROM covered \
+   SELECT id, user_id, device, $19, $17 FROM covered \
    ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device), \
  rc AS MATERIALIZED (\
    SELECT COALESCE(cardinality($1::int8[]), 0) + row_number() OVER (ORDER BY g.o, g.sender) AS i, g.* FROM (\
@@ -106,14 +102,15 @@ WITH a AS (SELECT * FROM unnest($12::int8[], $13::int8[], $14::int8[], $15::byte
    FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[], $7::int8[]) \
      WITH ORDINALITY AS x (s, cmid, conv, tgt, ctype, body, pol, i) \
    UNION ALL \
-   SELECT i, reader, 'dlv:' || device || ':' || ids[1] || ':' || ids[cardinality(ids)], $17, sender, $20, \
+   SELECT i, reader, 'dlv:' || device || ':' || ids[1] || ':' || ids[cardinality(ids)], $18, sender, $20, \
           head || im_packed_int64s($21, ids), 0 FROM rc), \
  rcpt AS (\
    SELECT x.i, x.u, x.o FROM unnest($8::int8[], $9::int8[]) WITH ORDINALITY AS x (i, u, o) \
    UNION ALL SELECT i, sender, 1 FROM rc), \
  ibx AS MATERIALIZED (\
-   SELECT x.i, x.u, x.o FROM unnest($10::int8[], $11::int8[]) WITH ORDINALITY AS x (i, u, o) \
-   UNION ALL SELECT i, sender, 1 FROM rc), \
+   SELECT x.i, x.u, x.o, x.rt FROM unnest($10::int8[], $11::int8[], $12::int8[]) \
+     WITH ORDINALITY AS x (i, u, rt, o) \
+   UNION ALL SELECT i, sender, 1, NULL FROM rc), \
  locked AS MATERIALIZED (\
    SELECT user_id FROM user_seq WHERE user_id = ANY (ARRAY(SELECT u FROM ibx UNION SELECT u FROM rcpt)) \
    ORDER BY user_id FOR UPDATE), \
@@ -133,13 +130,13 @@ WITH a AS (SELECT * FROM unnest($12::int8[], $13::int8[], $14::int8[], $15::byte
    ORDER BY t.i), \
  ins AS (\
    INSERT INTO messages (id, sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
-   SELECT nid, s, cmid, conv, tgt, ctype, body, $16 FROM st WHERE code = 0 ORDER BY i \
+   SELECT nid, s, cmid, conv, tgt, ctype, body, $17 FROM st WHERE code = 0 ORDER BY i \
    ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id), \
  sid AS MATERIALIZED (\
    SELECT array_agg(CASE WHEN nid = ANY (ARRAY(SELECT id FROM ins)) THEN nid END ORDER BY i) AS ids \
    FROM st), \
  e AS MATERIALIZED (\
-   SELECT ibx.i, ibx.u, ibx.o, sid.ids[ibx.i] AS id, \
+   SELECT ibx.i, ibx.u, ibx.o, ibx.rt, sid.ids[ibx.i] AS id, \
           row_number() OVER (PARTITION BY ibx.u ORDER BY ibx.i, ibx.o) AS k \
    FROM ibx, sid WHERE sid.ids[ibx.i] IS NOT NULL), \
  cnt AS (SELECT u, count(*) AS n FROM e GROUP BY u), \
@@ -149,8 +146,8 @@ WITH a AS (SELECT * FROM unnest($12::int8[], $13::int8[], $14::int8[], $15::byte
    RETURNING user_seq.user_id AS u, user_seq.seq - cnt.n AS base), \
  ub AS (SELECT array_agg(u) AS us, array_agg(base) AS bases FROM up), \
  placed AS MATERIALIZED (\
-   SELECT e.i, e.u, e.o, e.id, ub.bases[array_position(ub.us, e.u)] + e.k AS seq FROM e, ub), \
- inb AS (INSERT INTO inbox (user_id, seq, msg_id) SELECT u, seq, id FROM placed) \
+   SELECT e.i, e.u, e.o, e.rt, e.id, ub.bases[array_position(ub.us, e.u)] + e.k AS seq FROM e, ub), \
+ inb AS (INSERT INTO inbox (user_id, seq, msg_id, receipt_to) SELECT u, seq, id, rt FROM placed) \
 SELECT 0, st.i, sid.ids[st.i], NULL::int8, NULL::int8, NULL::text, NULL::bytea FROM st, sid \
   WHERE sid.ids[st.i] IS NOT NULL \
 UNION ALL \
@@ -228,7 +225,7 @@ struct Arrays<'a> {
     body: Vec<&'a [u8]>,
     policy: Vec<i64>,
     rcpt: (Vec<i64>, Vec<i64>),
-    inbox: (Vec<i64>, Vec<i64>),
+    inbox: (Vec<i64>, Vec<i64>, Vec<Option<i64>>),
 }
 
 impl<'a> Arrays<'a> {
@@ -253,6 +250,7 @@ impl<'a> Arrays<'a> {
         for u in inbox_users(m) {
             self.inbox.0.push(n);
             self.inbox.1.push(u);
+            self.inbox.2.push(receipt_to(m, u));
         }
     }
 }
@@ -299,6 +297,7 @@ impl Store {
             .bind(rcpt.1)
             .bind(inbox.0)
             .bind(inbox.1)
+            .bind(inbox.2)
             .bind(ack_col(|a| a.user))
             .bind(ack_col(|a| i64::from(a.device)))
             .bind(ack_col(|a| a.seq.min(i64::MAX as u64) as i64))
@@ -306,7 +305,6 @@ impl Store {
             .bind(now_ms as i64)
             .bind(ConversationType::C2c as i64)
             .bind(ReceiptKind::Delivered as i64)
-            .bind(i64::from(SYSTEM_CONTENT_MIN))
             .bind(SystemContentType::Receipt as i64)
             .bind(MSG_IDS_TAG)
             .fetch_all(&mut *conn)

@@ -6,9 +6,6 @@ use im_proto::client::{ConversationType, DeviceType, Receipt, ReceiptKind, Syste
 use im_proto::prost::Message as _;
 use sqlx::{AnyConnection, Row};
 
-use super::history::SYSTEM_CONTENT_MIN;
-#[cfg(doc)]
-use super::history::USER_CONTENT;
 use super::messages::{BatchOutcome, Delivery, NewMessage};
 use super::sql;
 use super::{Store, StoreError, WriterConn};
@@ -138,9 +135,7 @@ impl Store {
         }
         let rows = sql::bind_null_rows(query, acks.len(), 3)
             .bind(now_ms as i64)
-            .bind(ConversationType::C2c as i64)
             .bind(ReceiptKind::Delivered as i64)
-            .bind(i64::from(SYSTEM_CONTENT_MIN))
             .fetch_all(&mut *tx)
             .await?;
         let mut newly = NewlyReceipted::new();
@@ -253,8 +248,6 @@ impl Store {
         }
         // NULL ranges cover nothing.
         let covered = sql::bind_null_rows(query, ranges.len(), 4)
-            .bind(ConversationType::C2c as i64)
-            .bind(i64::from(SYSTEM_CONTENT_MIN))
             .fetch_all(&mut *tx)
             .await?;
         let mut sender_of: HashMap<i64, i64> = HashMap::new();
@@ -290,20 +283,18 @@ impl Store {
     }
 }
 
-/// SQLite: the one-to-one messages from others in `ranges` inbox ranges
-/// (bound as user, device, lo, hi per range, NULL for none, then the c2c
-/// conversation type and the first system content type, bound for the same
-/// reason as in [`ack_sql`]), as (user, device, msg_id, sender) rows. SQLite loops
-/// over the ranges and reads each by the inbox's primary key; Postgres does
-/// this step inside [`ack_sql`] (or [`super::pg_batch::BATCH_SQL`]).
+/// SQLite: the entries of `ranges` inbox ranges (bound as user, device,
+/// lo, hi per range, NULL for none) that want a DELIVERED receipt (their
+/// `receipt_to`, migration 0007), as (user, device, msg_id, sender) rows.
+/// SQLite loops over the ranges and reads each by the inbox's primary key;
+/// Postgres does this step inside [`ack_sql`] (or
+/// [`super::pg_batch::BATCH_SQL`]).
 pub fn covered_sql(ranges: usize) -> String {
-    let (conv, content) = (ranges * 4 + 1, ranges * 4 + 2);
     format!(
         "WITH r (user_id, device, lo, hi) AS (VALUES {}) \
-         SELECT r.user_id, r.device, m.id, m.sender FROM r \
-         JOIN inbox i ON i.user_id = r.user_id JOIN messages m ON m.id = i.msg_id \
-         WHERE i.seq > r.lo AND i.seq <= r.hi \
-         AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.content_type < ${content}",
+         SELECT r.user_id, r.device, i.msg_id, i.receipt_to FROM r \
+         JOIN inbox i ON i.user_id = r.user_id \
+         WHERE i.seq > r.lo AND i.seq <= r.hi AND i.receipt_to IS NOT NULL",
         sql::values(ranges, 4)
     )
 }
@@ -313,18 +304,12 @@ type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 
 /// Postgres: a batch of acknowledgements in one statement. Binds `rows`
 /// (user, device, ack) rows (NULL rows pad, see [`sql::padded_values`]),
-/// then the time, the c2c conversation type, the DELIVERED kind and the
-/// first system content type; returns the newly receipted (user, device,
-/// msg_id, sender) rows.
-///
-/// The content condition is bound, not the literal of the partial history
-/// indexes ([`USER_CONTENT`]): with the literal, a plan made while the
-/// tables were empty read each covered row's message through a scan of such
-/// an index instead of by key, and stayed that way as the tables grew.
+/// then the time and the DELIVERED kind; returns the newly receipted
+/// (user, device, msg_id, sender) rows.
 ///
 /// The same steps as the SQLite path, as CTEs: each ack's newly covered
 /// range `(cursor, min(ack, newest)]`; the cursor moved (never back); the
-/// one-to-one messages from others in the range, each range read by index
+/// entries in the range with a `receipt_to`, each range read by index
 /// (`LATERAL … OFFSET 0`: Postgres would rather hash-join a scan of the
 /// whole inbox once there are a few dozen ranges, and `OFFSET 0` keeps the
 /// planner from flattening the subquery back into a join); their receipts inserted
@@ -332,7 +317,7 @@ type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 /// whether or not the query reads them. Acks must be one per device
 /// ([`newest_per_device`]): an upsert may not touch a row twice.
 pub fn ack_sql(rows: usize) -> String {
-    let (now, conv, kind, content) = (rows * 3 + 1, rows * 3 + 2, rows * 3 + 3, rows * 3 + 4);
+    let (now, kind) = (rows * 3 + 1, rows * 3 + 2);
     format!(
         "WITH a (user_id, device, ack) AS (VALUES {values}), \
          r AS MATERIALIZED (\
@@ -347,10 +332,9 @@ pub fn ack_sql(rows: usize) -> String {
            updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq), \
          covered AS MATERIALIZED (\
            SELECT r.user_id, r.device, c.id, c.sender FROM r CROSS JOIN LATERAL (\
-             SELECT m.id, m.sender FROM inbox i JOIN messages m ON m.id = i.msg_id \
-             WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
-             AND m.sender <> r.user_id AND m.conv_type = ${conv} AND m.content_type < ${content} \
-             OFFSET 0) c), \
+             SELECT msg_id AS id, receipt_to AS sender FROM inbox \
+             WHERE user_id = r.user_id AND seq > r.lo AND seq <= r.hi \
+             AND receipt_to IS NOT NULL OFFSET 0) c), \
          fresh AS (\
            INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
            SELECT id, user_id, device, ${kind}, ${now} FROM covered \

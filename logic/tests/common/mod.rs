@@ -2,14 +2,26 @@
 use im_logic::store::Store;
 
 pub async fn sqlite() -> (Store, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let store = Store::connect(&url, 4).await.unwrap();
+    let (store, dir) = sqlite_unmigrated().await;
     store.migrate().await.unwrap();
     (store, dir)
 }
 
+/// A SQLite store without its tables (see [`Store::migrate`]).
+pub async fn sqlite_unmigrated() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    (Store::connect(&url, 4).await.unwrap(), dir)
+}
+
 pub async fn postgres(prefix: &str) -> Store {
+    let store = postgres_unmigrated(prefix).await;
+    store.migrate().await.unwrap();
+    store
+}
+
+/// A fresh Postgres database without its tables (see [`Store::migrate`]).
+pub async fn postgres_unmigrated(prefix: &str) -> Store {
     let base = std::env::var("IM_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
     let nanos = std::time::SystemTime::now()
@@ -17,9 +29,7 @@ pub async fn postgres(prefix: &str) -> Store {
         .unwrap()
         .subsec_nanos();
     let url = format!("{base}/{prefix}_{}_{nanos:08x}", std::process::id());
-    let store = Store::connect(&url, 4)
+    Store::connect(&url, 4)
         .await
-        .expect("Postgres must be running (scripts/test.sh starts it)");
-    store.migrate().await.unwrap();
-    store
+        .expect("Postgres must be running (scripts/test.sh starts it)")
 }
