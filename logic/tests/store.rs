@@ -427,16 +427,21 @@ async fn pg_conn(store: &Store) -> sqlx::PgConnection {
 
 /// The batch statement's parameter types, in order.
 const BATCH_PARAMS: &str = "int8[], text[], int8[], int8[], int8[], bytea[], int8[], int8[], int8[], \
-     int8[], int8[], int8[], int8[], int8[], int8[], bytea[], int8, int8, int8, int8, int4";
+     int8[], int8[], int8[], int8[], int8[], int8[], bytea[], int8, int8, int8, int8, int4, int8";
 
-/// The writer's batch statement (`EXPLAIN`ed) for acks alone: every user
-/// of `users` acknowledges device 1 up to `seq`.
-async fn explain_acks(conn: &mut sqlx::PgConnection, users: &[i64], seq: i64) -> String {
+/// The writer's batch statement, run under `explain` (`EXPLAIN …`), for
+/// acks alone: every user of `users` acknowledges device 1 up to `seq`.
+async fn explain_acks(
+    conn: &mut sqlx::PgConnection,
+    explain: &str,
+    users: &[i64],
+    seq: i64,
+) -> String {
     use im_logic::store::pg_batch::BATCH_SQL;
     use sqlx::Row;
     let none: Vec<i64> = Vec::new();
     let ones = vec![1i64; users.len()];
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {BATCH_SQL}")))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("{explain}{BATCH_SQL}")))
         .bind(&none)
         .bind(Vec::<String>::new())
         .bind(&none)
@@ -458,6 +463,7 @@ async fn explain_acks(conn: &mut sqlx::PgConnection, users: &[i64], seq: i64) ->
         .bind(ReceiptKind::Delivered as i64)
         .bind(SystemContentType::Receipt as i64)
         .bind(im_logic::store::pg_batch::MSG_IDS_TAG)
+        .bind(0xF000i64)
         .fetch_all(conn)
         .await
         .unwrap();
@@ -467,11 +473,14 @@ async fn explain_acks(conn: &mut sqlx::PgConnection, users: &[i64], seq: i64) ->
         .join("\n")
 }
 
-/// Migration 0007 fills `inbox.receipt_to` for the entries stored before
-/// it: the sender for one-to-one user messages from someone else, NULL for
-/// one's own copies, receipts and group messages; an acknowledgement after
-/// the upgrade receipts exactly those.
-async fn receipt_to_filled_by_the_migration(store: &Store, migrator: sqlx::migrate::Migrator) {
+/// Entries stored before migration 0007 have no `receipt_to` (the
+/// migration fills nothing in) and are decided from their message, as
+/// are entries written during a rolling upgrade by a logic tier not yet
+/// upgraded; entries written since carry it: the sender, or 0 for none.
+async fn entries_from_before_0007_are_decided_by_their_message(
+    store: &Store,
+    migrator: sqlx::migrate::Migrator,
+) {
     migrator.run_to(6, store.pool()).await.unwrap();
     let a = store.create_user("ann", "h", 0).await.unwrap();
     let b = store.create_user("bob", "h", 0).await.unwrap();
@@ -528,42 +537,92 @@ async fn receipt_to_filled_by_the_migration(store: &Store, migrator: sqlx::migra
             .unwrap();
     }
     migrator.run(store.pool()).await.unwrap();
-    let filled: Vec<(i64, i64, Option<i64>)> =
+    let receipt_to = async || -> Vec<(i64, i64, Option<i64>)> {
         sqlx::query_as("SELECT user_id, seq, receipt_to FROM inbox ORDER BY user_id, seq")
             .fetch_all(store.pool())
             .await
-            .unwrap();
-    assert_eq!(
-        filled,
-        [
-            (a, 1, None),
-            (a, 2, None),
-            (a, 3, Some(b)),
-            (b, 1, Some(a)),
-            (b, 2, None)
-        ]
-    );
-    let ack = DeviceAck {
-        user: b,
-        device: 1,
-        seq: 2,
+            .unwrap()
     };
-    let d = store.commit_acks(&[ack], 5).await.unwrap();
-    assert_eq!(d.len(), 1, "one receipt message: {d:?}");
-    let r = Receipt::decode(d[0].message.body.clone()).unwrap();
-    assert_eq!((d[0].user, r.reader, r.msg_ids), (a, b, vec![1001]));
+    assert!(receipt_to().await.iter().all(|e| e.2.is_none()));
+    // b's first two entries: a's one-to-one message and a group message.
+    let ack = |user, seq| DeviceAck {
+        user,
+        device: 1,
+        seq,
+    };
+    let addressed = |d: &[im_logic::store::Delivery]| -> Vec<(i64, i64, Vec<i64>)> {
+        d.iter()
+            .map(|d| {
+                let r = Receipt::decode(d.message.body.clone()).unwrap();
+                (d.user, r.reader, r.msg_ids)
+            })
+            .collect()
+    };
+    let d = store.commit_acks(&[ack(b, 2)], 5).await.unwrap();
+    assert_eq!(addressed(&d), [(a, b, vec![1001])]);
+
+    // Written since: b's DELIVERED receipt (a's seq 4) and a's own copy
+    // of a new message (a's seq 5) name no one, b's entry of it names a.
+    let sent = store.commit_batch(&[msg(a, b, "new")], 6).await.unwrap();
+    let new = sent.results[0].as_ref().unwrap().msg_id;
+    let rows = receipt_to().await;
+    for entry in [(a, 4, Some(0)), (a, 5, Some(0)), (b, 3, Some(a))] {
+        assert!(rows.contains(&entry), "{entry:?} in {rows:?}");
+    }
+    let d = store.commit_acks(&[ack(b, 9)], 7).await.unwrap();
+    assert_eq!(addressed(&d), [(a, b, vec![new])]);
+    // a's entries: own copies (old and new), a receipt, b's message 1004.
+    let d = store.commit_acks(&[ack(a, 9)], 8).await.unwrap();
+    assert_eq!(addressed(&d), [(b, a, vec![1004])]);
 }
 
 #[tokio::test]
-async fn migration_0007_fills_receipt_to_on_sqlite() {
+async fn entries_from_before_0007_are_decided_by_their_message_on_sqlite() {
     let (store, _dir) = common::sqlite_unmigrated().await;
-    receipt_to_filled_by_the_migration(&store, sqlx::migrate!("./migrations/sqlite")).await;
+    let migrator = sqlx::migrate!("./migrations/sqlite");
+    entries_from_before_0007_are_decided_by_their_message(&store, migrator).await;
 }
 
 #[tokio::test]
-async fn migration_0007_fills_receipt_to_on_postgres() {
+async fn entries_from_before_0007_are_decided_by_their_message_on_postgres() {
     let store = common::postgres_unmigrated("im_mig7").await;
-    receipt_to_filled_by_the_migration(&store, sqlx::migrate!("./migrations/postgres")).await;
+    let migrator = sqlx::migrate!("./migrations/postgres");
+    entries_from_before_0007_are_decided_by_their_message(&store, migrator).await;
+}
+
+/// An acknowledgement of entries written with their `receipt_to` reads no
+/// message: in the executed plan of the writer's batch statement no read
+/// of `messages` runs (the covered entries' lookup is there for entries
+/// from before migration 0007).
+#[tokio::test]
+async fn acks_of_new_entries_read_no_message_on_postgres() {
+    let store = common::postgres("im_rto").await;
+    let a = store.create_user("ann", "h", 0).await.unwrap();
+    let b = store.create_user("bob", "h", 0).await.unwrap();
+    let batch = [msg(a, b, "x1"), msg(a, b, "x2"), msg(b, a, "y1")];
+    store.commit_batch(&batch, 10).await.unwrap();
+    let plan = explain_acks(
+        &mut pg_conn(&store).await,
+        "EXPLAIN (ANALYZE, TIMING OFF) ",
+        &[b],
+        3,
+    )
+    .await;
+    // (The other reads of `messages` look up retransmitted sends: none here.)
+    let lookups: Vec<&str> = plan
+        .lines()
+        .filter(|l| l.contains("Scan") && l.contains(" on messages "))
+        .collect();
+    assert!(!lookups.is_empty(), "{plan}");
+    assert!(
+        lookups.iter().all(|l| l.contains("never executed")),
+        "{plan}"
+    );
+    let (receipts,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM receipts")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(receipts, 2, "x1 and x2, not b's own y1");
 }
 
 /// The writer's batch statement reads each acknowledged range through the
@@ -590,7 +649,7 @@ async fn acks_read_inbox_ranges_by_index_on_postgres() {
         let r = Receipt::decode(d.message.body.clone()).unwrap();
         assert_eq!(r.msg_ids.len(), 390, "a receipt per covered message");
     }
-    let plan = explain_acks(&mut pg_conn(&store).await, &users[..n], 400).await;
+    let plan = explain_acks(&mut pg_conn(&store).await, "EXPLAIN ", &users[..n], 400).await;
     assert!(!plan.contains("Seq Scan on inbox"), "{plan}");
     assert!(plan.contains("inbox_pkey"), "{plan}");
 }
@@ -692,15 +751,14 @@ async fn history_reads_the_partial_indexes_on_postgres() {
 
 /// The writer's batch statement's generic plan, made on empty tables (a
 /// writer prepares it at its first batch, and nothing re-plans it when the
-/// tables grow unless ANALYZE runs): every table is read by index, and the
-/// acknowledgements read no message row at all (each covered entry's
-/// `receipt_to` names the receipt's addressee, migration 0007). Before
-/// that, each covered entry read its message; with the system-content
-/// condition written as a literal the planner did so through a partial
-/// index of all messages, and acknowledgements slowed down as the table
-/// grew (found at 1,000 msg/s).
+/// tables grow unless ANALYZE runs): every table is read by index, and a
+/// covered inbox entry written before migration 0007 (no `receipt_to`)
+/// reads its message by primary key. With the system-content condition
+/// written as a literal, the planner read a partial index of all messages
+/// instead, and acknowledgements slowed down as the table grew (found at
+/// 1,000 msg/s).
 #[tokio::test]
-async fn acks_read_no_message_even_when_planned_on_empty_tables() {
+async fn the_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tables() {
     use im_logic::store::pg_batch::BATCH_SQL;
     use sqlx::Row;
     let store = common::postgres("im_plan").await;
@@ -718,7 +776,7 @@ async fn acks_read_no_message_even_when_planned_on_empty_tables() {
     let args = ["'{}'"; 12]
         .into_iter()
         .chain(["'{1}'"; 3])
-        .chain(["'{\"\\\\x08\"}'", "1", "1", "1", "1", "34"])
+        .chain(["'{\"\\\\x08\"}'", "1", "1", "1", "1", "34", "1"])
         .collect::<Vec<_>>()
         .join(", ");
     let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
@@ -732,9 +790,8 @@ async fn acks_read_no_message_even_when_planned_on_empty_tables() {
         .map(|r| r.try_get::<String, _>(0).unwrap())
         .collect::<Vec<_>>()
         .join("\n");
-    // Messages are written, and looked up by (sender, client_msg_id) for
-    // retransmitted sends, never by id.
-    assert!(!plan.contains("messages_pkey"), "{plan}");
+    assert!(plan.contains("messages_pkey"), "{plan}");
+    // (`messages_sender_client_msg_id_key` is the insert's conflict arbiter.)
     assert!(!plan.contains("using messages_sender "), "{plan}");
     assert!(!plan.contains("on messages_sender "), "{plan}");
     // Every table is read by index, however small it was when planned.
@@ -768,7 +825,9 @@ async fn large_ack_batches_read_inbox_ranges_by_index_on_postgres() {
         }
         query
             .bind(5i64)
+            .bind(ConversationType::C2c as i64)
             .bind(1i64)
+            .bind(0xF000i64)
             .fetch_all(&mut *conn)
             .await
             .unwrap()
@@ -781,17 +840,15 @@ async fn large_ack_batches_read_inbox_ranges_by_index_on_postgres() {
 }
 
 /// `ack_sql`'s generic plan (batches too large for the writer's one
-/// statement), made on empty tables (a writer prepares it at its first
-/// batch, and nothing re-plans it when the tables grow unless ANALYZE
-/// runs): each range is read through the inbox's primary key, and no
-/// message row is read (see `acks_read_no_message_even_when_planned_on_empty_tables`).
+/// statement), made on empty tables: as
+/// `the_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tables`.
 #[tokio::test]
-async fn the_large_batch_ack_statement_reads_no_message_even_when_planned_on_empty_tables() {
+async fn the_large_batch_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tables() {
     use im_logic::store::receipts::ack_sql;
     let store = common::postgres("im_plan").await;
     store.create_user("a", "h", 0).await.unwrap();
     let mut conn = store.pool().acquire().await.unwrap();
-    let params = 3 + 2; // one (user, device, ack) row, then the time and the kind
+    let params = 3 + 4; // one (user, device, ack) row, then now, conv, kind, content
     let prepare = format!(
         "PREPARE ack ({}) AS {}",
         vec!["int8"; params].join(", "),
@@ -814,5 +871,6 @@ async fn the_large_batch_ack_statement_reads_no_message_even_when_planned_on_emp
             .unwrap(),
     );
     assert!(plan.contains("inbox_pkey"), "{plan}");
-    assert!(!plan.contains("messages"), "{plan}");
+    assert!(plan.contains("messages_pkey"), "{plan}");
+    assert!(!plan.contains("messages_sender"), "{plan}");
 }

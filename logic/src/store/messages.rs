@@ -234,7 +234,12 @@ impl Store {
                 .iter()
                 .map(|e| {
                     let seq = first.get(&e.user).copied().unwrap_or_default() + e.offset;
-                    [Some(e.user), Some(seq as i64), Some(e.msg_id), e.receipt_to]
+                    [
+                        Some(e.user),
+                        Some(seq as i64),
+                        Some(e.msg_id),
+                        Some(e.receipt_to),
+                    ]
                 })
                 .collect();
             insert_entries(&mut *tx, "inbox (user_id, seq, msg_id, receipt_to)", &rows).await?;
@@ -758,7 +763,7 @@ struct Entry {
     user: i64,
     offset: u64,
     msg_id: i64,
-    receipt_to: Option<i64>,
+    receipt_to: i64,
 }
 
 /// The `(user_id, other)` rows of `table` with `user_id` in `users` and
@@ -837,10 +842,11 @@ pub(super) fn inbox_users(m: &NewMessage) -> impl Iterator<Item = i64> + '_ {
         .chain(m.recipients.iter().copied().filter(move |r| *r != m.sender))
 }
 
-/// The `inbox.receipt_to` of `user`'s entry of `m`: whom acknowledging it
-/// sends a DELIVERED receipt to (`im_proto::wants_delivered_receipt`).
-pub(super) fn receipt_to(m: &NewMessage, user: i64) -> Option<i64> {
-    im_proto::delivered_receipt_to(m.conv_type as i32, m.sender, m.content_type, user)
+/// The `inbox.receipt_to` of `user`'s entry of `m` (migration 0007): whom
+/// acknowledging it sends a DELIVERED receipt to
+/// (`im_proto::wants_delivered_receipt`), 0 for no one.
+pub(super) fn receipt_to(m: &NewMessage, user: i64) -> i64 {
+    im_proto::delivered_receipt_to(m.conv_type as i32, m.sender, m.content_type, user).unwrap_or(0)
 }
 
 fn message_from_row(r: &AnyRow) -> Result<Message, sqlx::Error> {

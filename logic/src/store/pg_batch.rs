@@ -25,6 +25,7 @@ use im_proto::prost::Message as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Row};
 
+use super::history::SYSTEM_CONTENT_MIN;
 use super::messages::{
     BLOCKED_TEXT, BatchOutcome, Delivery, NOT_FRIENDS_TEXT, NewMessage, SendPolicy, SendResult,
     Stored, entry_message, final_results, first_copies, inbox_users, receipt_to, stored,
@@ -37,13 +38,15 @@ use super::{Store, StoreError};
 /// content_type, body, policy: 0 unchecked, 1 one-to-one, 2 one-to-one
 /// between friends only); `$8`, `$9` their recipients as (1-based message,
 /// user), in order; `$10`, `$11` their inbox users likewise, and `$12`
-/// each entry's `receipt_to` ([`receipt_to`], NULL for none); `$13`–`$16`
+/// each entry's `receipt_to` ([`receipt_to`]); `$13`–`$16`
 /// the acknowledgements (user, device, sequence, and the start of the
 /// bodies of the receipts it produces: [`receipt_head`]), one per device.
 /// Then scalars: `$17` the time, `$18` the one-to-one conversation type,
 /// `$19` the DELIVERED kind, `$20` the receipt content type, `$21` the tag
 /// of `Receipt.msg_ids`
-/// ([`MSG_IDS_TAG`]), which `im_packed_int64s` (migration 0005) appends.
+/// ([`MSG_IDS_TAG`]), which `im_packed_int64s` (migration 0005) appends,
+/// `$22` the first system content type (for entries without a
+/// `receipt_to`).
 ///
 /// Rows are (kind, item, a, b, c, text, bytes):
 /// - 0: item stored, `a` its message id;
@@ -60,7 +63,8 @@ use super::{Store, StoreError};
 /// index (`LATERAL … OFFSET 0`: Postgres would rather hash-join a scan of
 /// the whole inbox once there are a few dozen ranges, and `OFFSET 0` keeps
 /// the planner from flattening the subquery back into a join), its entries
-/// with a `receipt_to` (migration 0007: no message row is read), receipts
+/// that want a receipt (by their `receipt_to`, migration 0007; entries
+/// written before it, NULL there, by their message), receipts
 /// once per message and device, one receipt
 /// message per (device, original sender); every user the batch writes to
 /// locked in id order (a `FOR UPDATE` under `ORDER BY` locks in that
@@ -84,9 +88,13 @@ WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::byte
    updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq), \
  covered AS MATERIALIZED (\
    SELECT r.o, r.user_id, r.device, r.head, c.id, c.sender FROM r CROSS JOIN LATERAL (\
-     SELECT msg_id AS id, receipt_to AS sender FROM inbox \
-     WHERE user_id = r.user_id AND seq > r.lo AND seq <= r.hi AND receipt_to IS NOT NULL \
-     OFFSET 0) c), \
+     SELECT i.msg_id AS id, CASE WHEN i.receipt_to IS NULL THEN (\
+       SELECT sender FROM messages WHERE id = i.msg_id \
+       AND sender <> r.user_id AND conv_type = $18 AND content_type < $22) \
+       ELSE i.receipt_to END AS sender FROM inbox i \
+     WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
+     AND (i.receipt_to IS NULL OR i.receipt_to <> 0) OFFSET 0) c \
+   WHERE c.sender IS NOT NULL), \
  fresh AS (\
    INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
    SELECT id, user_id, device, $19, $17 FROM covered \
@@ -110,7 +118,7 @@ WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::byte
  ibx AS MATERIALIZED (\
    SELECT x.i, x.u, x.o, x.rt FROM unnest($10::int8[], $11::int8[], $12::int8[]) \
      WITH ORDINALITY AS x (i, u, rt, o) \
-   UNION ALL SELECT i, sender, 1, NULL FROM rc), \
+   UNION ALL SELECT i, sender, 1, 0 FROM rc), \
  locked AS MATERIALIZED (\
    SELECT user_id FROM user_seq WHERE user_id = ANY (ARRAY(SELECT u FROM ibx UNION SELECT u FROM rcpt)) \
    ORDER BY user_id FOR UPDATE), \
@@ -225,7 +233,7 @@ struct Arrays<'a> {
     body: Vec<&'a [u8]>,
     policy: Vec<i64>,
     rcpt: (Vec<i64>, Vec<i64>),
-    inbox: (Vec<i64>, Vec<i64>, Vec<Option<i64>>),
+    inbox: (Vec<i64>, Vec<i64>, Vec<i64>),
 }
 
 impl<'a> Arrays<'a> {
@@ -307,6 +315,7 @@ impl Store {
             .bind(ReceiptKind::Delivered as i64)
             .bind(SystemContentType::Receipt as i64)
             .bind(MSG_IDS_TAG)
+            .bind(i64::from(SYSTEM_CONTENT_MIN))
             .fetch_all(&mut *conn)
             .await?;
 

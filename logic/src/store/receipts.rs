@@ -6,6 +6,7 @@ use im_proto::client::{ConversationType, DeviceType, Receipt, ReceiptKind, Syste
 use im_proto::prost::Message as _;
 use sqlx::{AnyConnection, Row};
 
+use super::history::SYSTEM_CONTENT_MIN;
 use super::messages::{BatchOutcome, Delivery, NewMessage};
 use super::sql;
 use super::{Store, StoreError, WriterConn};
@@ -135,7 +136,9 @@ impl Store {
         }
         let rows = sql::bind_null_rows(query, acks.len(), 3)
             .bind(now_ms as i64)
+            .bind(ConversationType::C2c as i64)
             .bind(ReceiptKind::Delivered as i64)
+            .bind(i64::from(SYSTEM_CONTENT_MIN))
             .fetch_all(&mut *tx)
             .await?;
         let mut newly = NewlyReceipted::new();
@@ -248,6 +251,8 @@ impl Store {
         }
         // NULL ranges cover nothing.
         let covered = sql::bind_null_rows(query, ranges.len(), 4)
+            .bind(ConversationType::C2c as i64)
+            .bind(i64::from(SYSTEM_CONTENT_MIN))
             .fetch_all(&mut *tx)
             .await?;
         let mut sender_of: HashMap<i64, i64> = HashMap::new();
@@ -284,19 +289,40 @@ impl Store {
 }
 
 /// SQLite: the entries of `ranges` inbox ranges (bound as user, device,
-/// lo, hi per range, NULL for none) that want a DELIVERED receipt (their
-/// `receipt_to`, migration 0007), as (user, device, msg_id, sender) rows.
-/// SQLite loops over the ranges and reads each by the inbox's primary key;
-/// Postgres does this step inside [`ack_sql`] (or
-/// [`super::pg_batch::BATCH_SQL`]).
+/// lo, hi per range, NULL for none, then the c2c conversation type and the
+/// first system content type) that want a DELIVERED receipt, as (user,
+/// device, msg_id, sender) rows: their `receipt_to` (migration 0007) says
+/// so; entries written before it (NULL there) are decided from their
+/// message ([`COVERED_SENDER`]). SQLite loops over the ranges and reads
+/// each by the inbox's primary key; Postgres does this step inside
+/// [`ack_sql`] (or [`super::pg_batch::BATCH_SQL`]).
 pub fn covered_sql(ranges: usize) -> String {
+    let (conv, content) = (ranges * 4 + 1, ranges * 4 + 2);
     format!(
         "WITH r (user_id, device, lo, hi) AS (VALUES {}) \
-         SELECT r.user_id, r.device, i.msg_id, i.receipt_to FROM r \
-         JOIN inbox i ON i.user_id = r.user_id \
-         WHERE i.seq > r.lo AND i.seq <= r.hi AND i.receipt_to IS NOT NULL",
-        sql::values(ranges, 4)
+         SELECT * FROM (SELECT r.user_id, r.device, i.msg_id, {} AS sender FROM r \
+           JOIN inbox i ON i.user_id = r.user_id \
+           WHERE i.seq > r.lo AND i.seq <= r.hi AND (i.receipt_to IS NULL OR i.receipt_to <> 0)) \
+         WHERE sender IS NOT NULL",
+        sql::values(ranges, 4),
+        covered_sender(conv, content)
     )
+}
+
+/// The addressee of the DELIVERED receipt for inbox entry `i` acknowledged
+/// by `r.user_id`: its `receipt_to`, or for an entry written before
+/// migration 0007 (NULL there) its message's sender if it is a one-to-one
+/// user message from someone else (`$conv`, `$content`: the c2c type and
+/// the first system content type, bound: see [`ack_sql`]). Entries with
+/// `receipt_to = 0` are left out by the caller.
+const COVERED_SENDER: &str = "CASE WHEN i.receipt_to IS NULL THEN (\
+    SELECT m.sender FROM messages m WHERE m.id = i.msg_id AND m.sender <> r.user_id \
+    AND m.conv_type = $CONV AND m.content_type < $CONTENT) ELSE i.receipt_to END";
+
+fn covered_sender(conv: usize, content: usize) -> String {
+    COVERED_SENDER
+        .replace("$CONV", &format!("${conv}"))
+        .replace("$CONTENT", &format!("${content}"))
 }
 
 /// The newly receipted `(msg_id, sender)` pairs per (user, device).
@@ -304,12 +330,20 @@ type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 
 /// Postgres: a batch of acknowledgements in one statement. Binds `rows`
 /// (user, device, ack) rows (NULL rows pad, see [`sql::padded_values`]),
-/// then the time and the DELIVERED kind; returns the newly receipted
-/// (user, device, msg_id, sender) rows.
+/// then the time, the c2c conversation type, the DELIVERED kind and the
+/// first system content type; returns the newly receipted (user, device,
+/// msg_id, sender) rows.
+///
+/// The content condition is bound, not the literal of the partial history
+/// indexes ([`super::history::USER_CONTENT`]): with the literal, a plan
+/// made while the tables were empty read each covered row's message
+/// through a scan of such an index instead of by key, and stayed that way
+/// as the tables grew (only entries written before migration 0007 read
+/// their message now, see [`COVERED_SENDER`]).
 ///
 /// The same steps as the SQLite path, as CTEs: each ack's newly covered
 /// range `(cursor, min(ack, newest)]`; the cursor moved (never back); the
-/// entries in the range with a `receipt_to`, each range read by index
+/// entries in the range that want a receipt, each range read by index
 /// (`LATERAL … OFFSET 0`: Postgres would rather hash-join a scan of the
 /// whole inbox once there are a few dozen ranges, and `OFFSET 0` keeps the
 /// planner from flattening the subquery back into a join); their receipts inserted
@@ -317,7 +351,7 @@ type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 /// whether or not the query reads them. Acks must be one per device
 /// ([`newest_per_device`]): an upsert may not touch a row twice.
 pub fn ack_sql(rows: usize) -> String {
-    let (now, kind) = (rows * 3 + 1, rows * 3 + 2);
+    let (now, conv, kind, content) = (rows * 3 + 1, rows * 3 + 2, rows * 3 + 3, rows * 3 + 4);
     format!(
         "WITH a (user_id, device, ack) AS (VALUES {values}), \
          r AS MATERIALIZED (\
@@ -332,16 +366,18 @@ pub fn ack_sql(rows: usize) -> String {
            updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq), \
          covered AS MATERIALIZED (\
            SELECT r.user_id, r.device, c.id, c.sender FROM r CROSS JOIN LATERAL (\
-             SELECT msg_id AS id, receipt_to AS sender FROM inbox \
-             WHERE user_id = r.user_id AND seq > r.lo AND seq <= r.hi \
-             AND receipt_to IS NOT NULL OFFSET 0) c), \
+             SELECT i.msg_id AS id, {sender} AS sender FROM inbox i \
+             WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
+             AND (i.receipt_to IS NULL OR i.receipt_to <> 0) OFFSET 0) c \
+           WHERE c.sender IS NOT NULL), \
          fresh AS (\
            INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
            SELECT id, user_id, device, ${kind}, ${now} FROM covered \
            ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device) \
          SELECT f.user_id, f.device, f.msg_id, c.sender FROM fresh f \
          JOIN covered c ON c.id = f.msg_id AND c.user_id = f.user_id AND c.device = f.device",
-        values = sql::values(rows, 3)
+        values = sql::values(rows, 3),
+        sender = covered_sender(conv, content)
     )
 }
 
