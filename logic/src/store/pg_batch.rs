@@ -30,7 +30,7 @@ use super::messages::{
     BLOCKED_TEXT, BatchOutcome, Delivery, NOT_FRIENDS_TEXT, NewMessage, SendPolicy, SendResult,
     Stored, entry_message, final_results, first_copies, inbox_users, receipt_to, stored,
 };
-use super::receipts::{DeviceAck, newest_per_device, receipt_message};
+use super::receipts::{DeviceAck, covered_sender, newest_per_device, receipt_message};
 use super::{Store, StoreError};
 
 /// The batch statement. Binds, all arrays one element per row:
@@ -72,7 +72,8 @@ use super::{Store, StoreError};
 /// the locks; inserts in batch order; sequences reserved per user and
 /// handed out in batch order. Data-modifying CTEs run once, whether or not
 /// the query reads them, and see nothing of each other but what they return.
-pub const BATCH_SQL: &str = "\
+pub const BATCH_SQL: &str = concat!(
+    "\
 WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::bytea[]) \
       WITH ORDINALITY AS a (user_id, device, ack, head, o)), \
  r AS MATERIALIZED (\
@@ -88,10 +89,9 @@ WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::byte
    updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq), \
  covered AS MATERIALIZED (\
    SELECT r.o, r.user_id, r.device, r.head, c.id, c.sender FROM r CROSS JOIN LATERAL (\
-     SELECT i.msg_id AS id, CASE WHEN i.receipt_to IS NULL THEN (\
-       SELECT sender FROM messages WHERE id = i.msg_id \
-       AND sender <> r.user_id AND conv_type = $18 AND content_type < $22) \
-       ELSE i.receipt_to END AS sender FROM inbox i \
+     SELECT i.msg_id AS id, ",
+    covered_sender!("$18", "$22"),
+    " AS sender FROM inbox i \
      WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
      AND (i.receipt_to IS NULL OR i.receipt_to <> 0) OFFSET 0) c \
    WHERE c.sender IS NOT NULL), \
@@ -169,7 +169,8 @@ SELECT 2, i, code, bad, NULL, NULL, NULL FROM st WHERE code > 0 \
 UNION ALL \
 SELECT 3, i, u, seq, o, NULL, NULL FROM placed \
 UNION ALL \
-SELECT 4, i, s, tgt, NULL, cmid, body FROM items WHERE i > COALESCE(cardinality($1::int8[]), 0)";
+SELECT 4, i, s, tgt, NULL, cmid, body FROM items WHERE i > COALESCE(cardinality($1::int8[]), 0)"
+);
 
 /// Opens the writer's own connection, with the pool's settings.
 ///

@@ -293,7 +293,7 @@ impl Store {
 /// first system content type) that want a DELIVERED receipt, as (user,
 /// device, msg_id, sender) rows: their `receipt_to` (migration 0007) says
 /// so; entries written before it (NULL there) are decided from their
-/// message ([`COVERED_SENDER`]). SQLite loops over the ranges and reads
+/// message ([`covered_sender!`]). SQLite loops over the ranges and reads
 /// each by the inbox's primary key; Postgres does this step inside
 /// [`ack_sql`] (or [`super::pg_batch::BATCH_SQL`]).
 pub fn covered_sql(ranges: usize) -> String {
@@ -305,22 +305,35 @@ pub fn covered_sql(ranges: usize) -> String {
            WHERE i.seq > r.lo AND i.seq <= r.hi AND (i.receipt_to IS NULL OR i.receipt_to <> 0)) \
          WHERE sender IS NOT NULL",
         sql::values(ranges, 4),
-        covered_sender(conv, content)
+        numbered_covered_sender(conv, content)
     )
 }
 
 /// The addressee of the DELIVERED receipt for inbox entry `i` acknowledged
 /// by `r.user_id`: its `receipt_to`, or for an entry written before
 /// migration 0007 (NULL there) its message's sender if it is a one-to-one
-/// user message from someone else (`$conv`, `$content`: the c2c type and
-/// the first system content type, bound: see [`ack_sql`]). Entries with
-/// `receipt_to = 0` are left out by the caller.
-const COVERED_SENDER: &str = "CASE WHEN i.receipt_to IS NULL THEN (\
-    SELECT m.sender FROM messages m WHERE m.id = i.msg_id AND m.sender <> r.user_id \
-    AND m.conv_type = $CONV AND m.content_type < $CONTENT) ELSE i.receipt_to END";
+/// user message from someone else (`$conv`, `$content`: the parameters of
+/// the c2c type and the first system content type, bound: see
+/// [`ack_sql`]). Entries with `receipt_to = 0` are left out by the caller.
+/// A macro so that [`super::pg_batch::BATCH_SQL`] stays one literal.
+macro_rules! covered_sender {
+    ($conv:literal, $content:literal) => {
+        concat!(
+            "CASE WHEN i.receipt_to IS NULL THEN (",
+            "SELECT m.sender FROM messages m WHERE m.id = i.msg_id AND m.sender <> r.user_id ",
+            "AND m.conv_type = ",
+            $conv,
+            " AND m.content_type < ",
+            $content,
+            ") ELSE i.receipt_to END"
+        )
+    };
+}
+pub(super) use covered_sender;
 
-fn covered_sender(conv: usize, content: usize) -> String {
-    COVERED_SENDER
+/// [`covered_sender!`] with its parameters numbered `conv` and `content`.
+fn numbered_covered_sender(conv: usize, content: usize) -> String {
+    covered_sender!("$CONV", "$CONTENT")
         .replace("$CONV", &format!("${conv}"))
         .replace("$CONTENT", &format!("${content}"))
 }
@@ -339,7 +352,7 @@ type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 /// made while the tables were empty read each covered row's message
 /// through a scan of such an index instead of by key, and stayed that way
 /// as the tables grew (only entries written before migration 0007 read
-/// their message now, see [`COVERED_SENDER`]).
+/// their message now, see [`covered_sender!`]).
 ///
 /// The same steps as the SQLite path, as CTEs: each ack's newly covered
 /// range `(cursor, min(ack, newest)]`; the cursor moved (never back); the
@@ -377,7 +390,7 @@ pub fn ack_sql(rows: usize) -> String {
          SELECT f.user_id, f.device, f.msg_id, c.sender FROM fresh f \
          JOIN covered c ON c.id = f.msg_id AND c.user_id = f.user_id AND c.device = f.device",
         values = sql::values(rows, 3),
-        sender = covered_sender(conv, content)
+        sender = numbered_covered_sender(conv, content)
     )
 }
 
