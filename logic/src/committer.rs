@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics;
 use crate::pusher::{Origin, Outgoing, Pusher};
-use crate::store::receipts::DeviceAck;
+use crate::store::receipts::{DeviceAck, newest_per_device};
 use crate::store::{NewMessage, SendResult, Store, WriterConn};
 
 struct Job {
@@ -53,15 +53,19 @@ struct Shard {
 const MAX_ACKS: usize = 1024;
 const ACK_QUEUE: usize = 16 * 1024;
 
-/// Most acks a message transaction carries; the rest ride with the next
-/// ones. Gateways forward the ACKs they deferred (`docs/protocol.md` §5.5)
-/// together, on their retransmit tick: at 5,000 msg/s a few hundred acks,
-/// each reading the ~15 inbox entries it settles, arrived at once three
-/// times a second, and the batch that took them all ran 2–3 times as long
-/// as its neighbours (`auto_explain`: 15.1 ms at 200–400 acks against 5.7
-/// below 50, in a slow hour), holding up every message queued behind it.
-/// Acks are cumulative, so one a few batches late costs only its receipt's
-/// delay. Steady c2c load brings ~15 a batch.
+/// Most acks a message transaction carries beyond one per message it
+/// stores; the rest ride with the next ones. Gateways forward the ACKs they
+/// deferred (`docs/protocol.md` §5.5) together, on their retransmit tick:
+/// at 5,000 msg/s a few hundred acks, each reading the ~15 inbox entries it
+/// settles, arrived at once three times a second, and the batch that took
+/// them all ran 2–3 times as long as its neighbours (`auto_explain`: 15.1
+/// ms at 200–400 acks against 5.7 below 50, in a slow hour), holding up
+/// every message queued behind it. Acks are cumulative, so one a few
+/// batches late costs only its receipt's delay. Steady c2c load brings
+/// about one ack per message; a batch takes at least that many, so the
+/// acks keep up when the writer is behind and its batches are few and
+/// large (with a fixed 32, at 50 batches a second the queue grew by
+/// thousands a second and receipts fell seconds behind).
 const RIDE_ALONG_ACKS: usize = 32;
 
 /// How long queued acks wait before a transaction of their own (and, on
@@ -184,7 +188,7 @@ async fn run_shard(
         if !acks.is_empty() {
             acks_since.get_or_insert_with(Instant::now);
         }
-        let mut riding = policy.board(&mut acks, &mut acks_since, !jobs.is_empty());
+        let mut riding = policy.board(&mut acks, &mut acks_since, jobs.len());
         if !riding.is_empty() || !jobs.is_empty() {
             commit(&store, &pusher, &mut conn, &mut jobs, &mut riding).await;
         }
@@ -223,25 +227,31 @@ impl AckPolicy {
     }
 
     /// Takes the queued acks that go into the transaction about to run
-    /// (`with_messages`: it stores messages too), the oldest first, if
+    /// (`messages`: how many messages it stores), the oldest first, if
     /// they are due. On Postgres a message transaction takes at most
-    /// [`RIDE_ALONG_ACKS`]; the rest stay queued and wait anew, for the
-    /// next message transactions or their linger (`since`: when the oldest
+    /// [`RIDE_ALONG_ACKS`] or one per message, whichever is more; the rest
+    /// stay queued, one per device (the newest: acks are cumulative, so a
+    /// backlog never holds a device twice), and wait anew for the next
+    /// message transactions or their linger (`since`: when the oldest
     /// queued ack arrived, `None` once none is left).
     fn board(
         self,
         queued: &mut Vec<DeviceAck>,
         since: &mut Option<Instant>,
-        with_messages: bool,
+        messages: usize,
     ) -> Vec<DeviceAck> {
+        let with_messages = messages > 0;
         if !self.due(queued.len(), *since, with_messages) {
             return Vec::new();
         }
         let most = if with_messages && self == AckPolicy::RideAlong {
-            RIDE_ALONG_ACKS
+            RIDE_ALONG_ACKS.max(messages)
         } else {
             MAX_ACKS
         };
+        if queued.len() > most {
+            *queued = newest_per_device(queued);
+        }
         let rest = queued.split_off(queued.len().min(most));
         *since = (!rest.is_empty()).then(Instant::now);
         std::mem::replace(queued, rest)
@@ -353,39 +363,71 @@ mod tests {
 
     #[test]
     fn a_burst_of_acks_is_spread_over_the_message_batches() {
-        let ack = |seq| DeviceAck {
-            user: 7,
+        // 500 devices, one ack each.
+        let ack = |user| DeviceAck {
+            user,
             device: 1,
-            seq,
+            seq: 9,
         };
         let burst = || (1..=500).map(ack).collect::<Vec<_>>();
         let old = Instant::now().checked_sub(ACK_LINGER + Duration::from_millis(1));
         let (mut queued, mut since) = (burst(), old);
         let before = Instant::now();
-        let riding = AckPolicy::RideAlong.board(&mut queued, &mut since, true);
-        let first: Vec<_> = (1..=RIDE_ALONG_ACKS as u64).map(ack).collect();
+        let riding = AckPolicy::RideAlong.board(&mut queued, &mut since, 3);
+        let first: Vec<_> = (1..=RIDE_ALONG_ACKS as i64).map(ack).collect();
         assert_eq!(riding, first, "the oldest ride along");
         assert_eq!(queued.len(), 500 - RIDE_ALONG_ACKS, "the rest wait");
         assert!(since.is_some_and(|t| t >= before), "for the next batches");
-        let next = AckPolicy::RideAlong.board(&mut queued, &mut since, true);
-        assert_eq!(next[0], ack(RIDE_ALONG_ACKS as u64 + 1));
+        let next = AckPolicy::RideAlong.board(&mut queued, &mut since, 3);
+        assert_eq!(next[0], ack(RIDE_ALONG_ACKS as i64 + 1));
+        // A large batch (a writer behind) takes one per message.
+        let large = AckPolicy::RideAlong.board(&mut queued, &mut since, 100);
+        assert_eq!(large.len(), 100);
+        assert_eq!(large[0], ack(2 * RIDE_ALONG_ACKS as i64 + 1));
         assert!(
             AckPolicy::RideAlong
-                .board(&mut queued, &mut since, false)
+                .board(&mut queued, &mut since, 0)
                 .is_empty(),
             "or their linger"
         );
         since = old;
-        let alone = AckPolicy::RideAlong.board(&mut queued, &mut since, false);
-        assert_eq!(alone.len(), 500 - 2 * RIDE_ALONG_ACKS, "alone, all of them");
+        let alone = AckPolicy::RideAlong.board(&mut queued, &mut since, 0);
+        assert_eq!(alone.len(), 500 - 2 * RIDE_ALONG_ACKS - 100, "alone, all");
         assert!(queued.is_empty() && since.is_none());
 
         // SQLite's acks linger first and then go together.
         let (mut queued, mut since) = (burst(), old);
         assert_eq!(
-            AckPolicy::Linger.board(&mut queued, &mut since, true).len(),
+            AckPolicy::Linger.board(&mut queued, &mut since, 3).len(),
             500
         );
         assert!(queued.is_empty() && since.is_none());
+    }
+
+    #[test]
+    fn a_backlog_holds_each_device_once_at_its_oldest_place() {
+        let ack = |user, seq| DeviceAck {
+            user,
+            device: 1,
+            seq,
+        };
+        // 100 devices acking in turn, ten times over, each ack covering more.
+        let mut queued: Vec<_> = (1..=10)
+            .flat_map(|seq| (1..=100).map(move |user| ack(user, seq)))
+            .collect();
+        let mut since = Some(Instant::now());
+        let riding = AckPolicy::RideAlong.board(&mut queued, &mut since, 1);
+        let first: Vec<_> = (1..=RIDE_ALONG_ACKS as i64).map(|u| ack(u, 10)).collect();
+        assert_eq!(riding, first, "the longest waiting devices, newest acks");
+        let rest: Vec<_> = (RIDE_ALONG_ACKS as i64 + 1..=100)
+            .map(|u| ack(u, 10))
+            .collect();
+        assert_eq!(queued, rest, "the others once each, in order");
+        // Nothing to split: the queue is left as it came.
+        let mut few = vec![ack(1, 1), ack(1, 2)];
+        assert_eq!(
+            AckPolicy::RideAlong.board(&mut few, &mut since, 1),
+            vec![ack(1, 1), ack(1, 2)]
+        );
     }
 }
