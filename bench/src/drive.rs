@@ -183,6 +183,10 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
     );
     out.figure("receipts_received", shared.receipts.load(Ordering::Relaxed));
     out.figure(
+        "messages_receipted",
+        shared.receipted.load(Ordering::Relaxed),
+    );
+    out.figure(
         "own_messages_handed_back_to_sender",
         shared.own_echoes.load(Ordering::Relaxed),
     );

@@ -28,6 +28,10 @@ pub struct Shared {
     /// Person messages received (deliveries).
     pub received: AtomicU64,
     pub receipts: AtomicU64,
+    /// Messages the DELIVERED receipts received name (a receipt names every
+    /// message an acknowledgement newly covered, so this, not `receipts`,
+    /// tells whether receipts kept up with the deliveries).
+    pub receipted: AtomicU64,
     /// A sender's own message handed back by its client (see `receive_loop`).
     pub own_echoes: AtomicU64,
     /// Retryable server errors a receive loop got (and retried).
@@ -55,6 +59,7 @@ impl Shared {
             failed_sends: AtomicU64::new(0),
             received: AtomicU64::new(0),
             receipts: AtomicU64::new(0),
+            receipted: AtomicU64::new(0),
             own_echoes: AtomicU64::new(0),
             retryable_errors: AtomicU64::new(0),
             errors: Mutex::new(Vec::new()),
@@ -153,6 +158,9 @@ pub async fn receive_loop(
         for m in batch {
             if m.content_type >= SYSTEM_CONTENT_TYPE {
                 shared.receipts.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .receipted
+                    .fetch_add(delivered_ids(m.content_type, &m.body), Ordering::Relaxed);
                 continue;
             }
             // The sender's own inbox copy: `ChatClient` hands it out when a
@@ -181,6 +189,20 @@ pub async fn receive_loop(
         }
     }
     (log, timeline)
+}
+
+/// How many messages a system message of `content_type` says were
+/// delivered: the ids of a DELIVERED receipt, else 0.
+pub fn delivered_ids(content_type: u32, body: &[u8]) -> u64 {
+    use im_proto::client::{Receipt, ReceiptKind, SystemContentType};
+    use im_proto::prost::Message as _;
+    if content_type != SystemContentType::Receipt as u32 {
+        return 0;
+    }
+    match Receipt::decode(body) {
+        Ok(r) if r.kind == ReceiptKind::Delivered as i32 => r.msg_ids.len() as u64,
+        _ => 0,
+    }
 }
 
 /// A closed-loop sender: each message needs `fanout` credits (returned one
@@ -325,6 +347,25 @@ pub async fn drain(shared: &Shared, fanout: u64, within: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delivered_receipts_count_their_messages() {
+        use im_proto::client::{Receipt, ReceiptKind, SystemContentType};
+        use im_proto::prost::Message as _;
+        let receipt = |kind: ReceiptKind| {
+            Receipt {
+                kind: kind as i32,
+                msg_ids: vec![4, 5, 9],
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let ct = SystemContentType::Receipt as u32;
+        assert_eq!(delivered_ids(ct, &receipt(ReceiptKind::Delivered)), 3);
+        assert_eq!(delivered_ids(ct, &receipt(ReceiptKind::Read)), 0);
+        assert_eq!(delivered_ids(ct + 1, &receipt(ReceiptKind::Delivered)), 0);
+        assert_eq!(delivered_ids(ct, b"\xff\xff"), 0, "not a receipt");
+    }
 
     #[test]
     fn body_carries_the_schedule() {
