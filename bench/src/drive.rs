@@ -186,6 +186,17 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         "messages_receipted",
         shared.receipted.load(Ordering::Relaxed),
     );
+    let receipts = crate::flow::receipt_latency(
+        &shared.sent_ids.lock().unwrap_or_else(|p| p.into_inner()),
+        &shared
+            .receipted_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+        spec.warmup.as_secs() as usize,
+    );
+    if receipts.summary().count > 0 {
+        out.figure("receipt_latency", receipts.summary());
+    }
     out.figure(
         "own_messages_handed_back_to_sender",
         shared.own_echoes.load(Ordering::Relaxed),

@@ -32,6 +32,11 @@ pub struct Shared {
     /// message an acknowledgement newly covered, so this, not `receipts`,
     /// tells whether receipts kept up with the deliveries).
     pub receipted: AtomicU64,
+    /// (message id, scheduled send time in µs since `epoch`) of every
+    /// stored message, and (message id, µs since `epoch`) of every DELIVERED
+    /// receipt naming one: joined at the end into the receipt latency.
+    pub sent_ids: Mutex<Vec<(i64, u64)>>,
+    pub receipted_at: Mutex<Vec<(i64, u64)>>,
     /// A sender's own message handed back by its client (see `receive_loop`).
     pub own_echoes: AtomicU64,
     /// Retryable server errors a receive loop got (and retried).
@@ -60,6 +65,8 @@ impl Shared {
             received: AtomicU64::new(0),
             receipts: AtomicU64::new(0),
             receipted: AtomicU64::new(0),
+            sent_ids: Mutex::new(Vec::new()),
+            receipted_at: Mutex::new(Vec::new()),
             own_echoes: AtomicU64::new(0),
             retryable_errors: AtomicU64::new(0),
             errors: Mutex::new(Vec::new()),
@@ -155,12 +162,16 @@ pub async fn receive_loop(
             }
         };
         let now = shared.epoch.elapsed();
+        let mut receipted = Vec::new();
         for m in batch {
             if m.content_type >= SYSTEM_CONTENT_TYPE {
                 shared.receipts.fetch_add(1, Ordering::Relaxed);
+                let ids = delivered_ids(m.content_type, &m.body);
                 shared
                     .receipted
-                    .fetch_add(delivered_ids(m.content_type, &m.body), Ordering::Relaxed);
+                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
+                let at = now.as_micros() as u64;
+                receipted.extend(ids.into_iter().map(|id| (id, at)));
                 continue;
             }
             // The sender's own inbox copy: `ChatClient` hands it out when a
@@ -187,22 +198,54 @@ pub async fn receive_loop(
             }
             shared.received.fetch_add(1, Ordering::Relaxed);
         }
+        if !receipted.is_empty() {
+            lock(&shared.receipted_at).append(&mut receipted);
+        }
     }
     (log, timeline)
 }
 
-/// How many messages a system message of `content_type` says were
-/// delivered: the ids of a DELIVERED receipt, else 0.
-pub fn delivered_ids(content_type: u32, body: &[u8]) -> u64 {
+/// The messages a system message of `content_type` says were delivered:
+/// the ids of a DELIVERED receipt, else none.
+pub fn delivered_ids(content_type: u32, body: &[u8]) -> Vec<i64> {
     use im_proto::client::{Receipt, ReceiptKind, SystemContentType};
     use im_proto::prost::Message as _;
     if content_type != SystemContentType::Receipt as u32 {
-        return 0;
+        return Vec::new();
     }
     match Receipt::decode(body) {
-        Ok(r) if r.kind == ReceiptKind::Delivered as i32 => r.msg_ids.len() as u64,
-        _ => 0,
+        Ok(r) if r.kind == ReceiptKind::Delivered as i32 => r.msg_ids,
+        _ => Vec::new(),
     }
+}
+
+/// Send (its schedule) to the first DELIVERED receipt naming the message,
+/// per message of `sent` (id, schedule µs) that `receipted` (id, arrival
+/// µs) names; recorded at the second of its schedule.
+pub fn receipt_latency(
+    sent: &[(i64, u64)],
+    receipted: &[(i64, u64)],
+    warmup_secs: usize,
+) -> Timeline {
+    let mut first: std::collections::HashMap<i64, u64> =
+        std::collections::HashMap::with_capacity(receipted.len());
+    for &(id, at) in receipted {
+        first
+            .entry(id)
+            .and_modify(|t| *t = (*t).min(at))
+            .or_insert(at);
+    }
+    let mut timeline = Timeline::new(warmup_secs);
+    for &(id, sched) in sent {
+        if let Some(&at) = first.get(&id) {
+            timeline.record((sched / 1_000_000) as usize, at.saturating_sub(sched));
+        }
+    }
+    timeline
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A closed-loop sender: each message needs `fanout` credits (returned one
@@ -249,14 +292,11 @@ async fn send_and_log(
     let id = msg_id(s, n);
     let sched = sched_of(&body).map(Duration::from_nanos);
     match send_retry(&client, dest, &id, body).await {
-        Ok(_) => {
+        Ok(resp) => {
             if let Some(sched) = sched {
                 let took = shared.epoch.elapsed().saturating_sub(sched);
-                shared
-                    .sent
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record(sched.as_secs() as usize, took.as_micros() as u64);
+                lock(&shared.sent).record(sched.as_secs() as usize, took.as_micros() as u64);
+                lock(&shared.sent_ids).push((resp.msg_id, sched.as_micros() as u64));
             }
             let at = shared.ms();
             log.lock().unwrap_or_else(|p| p.into_inner()).acked(n, at);
@@ -361,10 +401,24 @@ mod tests {
             .encode_to_vec()
         };
         let ct = SystemContentType::Receipt as u32;
-        assert_eq!(delivered_ids(ct, &receipt(ReceiptKind::Delivered)), 3);
-        assert_eq!(delivered_ids(ct, &receipt(ReceiptKind::Read)), 0);
-        assert_eq!(delivered_ids(ct + 1, &receipt(ReceiptKind::Delivered)), 0);
-        assert_eq!(delivered_ids(ct, b"\xff\xff"), 0, "not a receipt");
+        assert_eq!(
+            delivered_ids(ct, &receipt(ReceiptKind::Delivered)),
+            [4, 5, 9]
+        );
+        assert!(delivered_ids(ct, &receipt(ReceiptKind::Read)).is_empty());
+        assert!(delivered_ids(ct + 1, &receipt(ReceiptKind::Delivered)).is_empty());
+        assert!(delivered_ids(ct, b"\xff\xff").is_empty(), "not a receipt");
+    }
+
+    #[test]
+    fn receipt_latency_runs_from_the_schedule_to_the_first_receipt() {
+        // Message 1 sent at 1 s, receipted at 1.5 s and again at 3 s;
+        // message 2 never receipted; a receipt for a message not sent here.
+        let sent = [(1, 1_000_000), (2, 1_200_000)];
+        let receipted = [(1, 3_000_000), (1, 1_500_000), (7, 1_600_000)];
+        let s = receipt_latency(&sent, &receipted, 0).summary();
+        assert_eq!(s.count, 1);
+        assert!((s.p50_ms - 500.0).abs() < 1.0, "{s:?}");
     }
 
     #[test]
