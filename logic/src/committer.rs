@@ -117,7 +117,9 @@ impl Committer {
     /// Queues a device acknowledgement for the next transaction; when the
     /// queue is full it is dropped (the device's next cumulative ack covers it).
     pub fn ack(&self, ack: DeviceAck) {
-        let _ = self.shard(ack.user).acks.try_send(ack);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.shard(ack.user).acks.try_send(ack) {
+            metrics::ACKS_DROPPED.inc();
+        }
     }
 
     fn shard(&self, user: i64) -> &Shard {
@@ -156,6 +158,8 @@ async fn run_shard(
     let mut arrived = Vec::new();
     // When the oldest queued ack arrived.
     let mut acks_since: Option<Instant> = None;
+    // This writer's share of `im_logic_acks_queued`.
+    let mut reported = 0;
     let mut conn = WriterConn::default();
     loop {
         // Both queues close together, when the last Committer is dropped;
@@ -192,10 +196,14 @@ async fn run_shard(
             acks_since.get_or_insert_with(Instant::now);
         }
         let mut riding = policy.board(&mut acks, &mut acks_since, !jobs.is_empty());
+        let queued = acks.len() as i64;
+        metrics::ACKS_QUEUED.add(queued - reported);
+        reported = queued;
         if !riding.is_empty() || !jobs.is_empty() {
             commit(&store, &pusher, &mut conn, &mut jobs, &mut riding).await;
         }
     }
+    metrics::ACKS_QUEUED.sub(reported);
 }
 
 /// Acks waiting for a transaction, one per device: a device's later ack

@@ -61,6 +61,24 @@ pub static STORE_BATCH: LazyLock<Histogram> = LazyLock::new(|| {
     .expect("register im_logic_store_batch_messages")
 });
 
+pub static ACKS_QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "im_logic_acks_queued",
+        "Devices whose acknowledgement waits for a store writer's next transaction \
+         (one per device: a later ack replaces the queued one)"
+    )
+    .expect("register im_logic_acks_queued")
+});
+
+pub static ACKS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "im_logic_acks_dropped_total",
+        "Acknowledgements dropped because a store writer's ack channel was full \
+         (their receipts wait for the device's next ack)"
+    )
+    .expect("register im_logic_acks_dropped_total")
+});
+
 pub static FANOUT: LazyLock<Histogram> = LazyLock::new(|| {
     register_histogram!(
         "im_logic_fanout_recipients",
@@ -100,6 +118,8 @@ pub fn init() {
     LazyLock::force(&STORE_BUSY);
     LazyLock::force(&STORE_WRITERS);
     LazyLock::force(&STORE_BATCH);
+    LazyLock::force(&ACKS_QUEUED);
+    LazyLock::force(&ACKS_DROPPED);
     LazyLock::force(&FANOUT);
     LazyLock::force(&REQUESTS);
     LazyLock::force(&PUSH_FAILURES);
