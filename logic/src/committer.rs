@@ -10,8 +10,8 @@
 //! same rows a message batch locks. As a second writer, the ack path held
 //! the message path up on those row locks (and paid a commit of its own).
 //! Acks are cumulative: one dropped here is covered by the device's next.
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use im_common::api::ApiError;
@@ -223,21 +223,23 @@ async fn run_shard(
 /// interleaved pairs.)
 #[derive(Default)]
 struct AckQueue {
-    acks: Vec<DeviceAck>,
-    /// Where each device's ack is in `acks`.
+    acks: VecDeque<DeviceAck>,
+    /// Each queued device's place, counted from the first ack ever queued.
     at: HashMap<(i64, i32), usize>,
+    /// The place of `acks[0]`.
+    head: usize,
 }
 
 impl AckQueue {
     fn push(&mut self, a: DeviceAck) {
         match self.at.entry((a.user, a.device)) {
             Entry::Occupied(e) => {
-                let held = &mut self.acks[*e.get()];
+                let held = &mut self.acks[*e.get() - self.head];
                 held.seq = held.seq.max(a.seq);
             }
             Entry::Vacant(e) => {
-                e.insert(self.acks.len());
-                self.acks.push(a);
+                e.insert(self.head + self.acks.len());
+                self.acks.push_back(a);
             }
         }
     }
@@ -252,12 +254,11 @@ impl AckQueue {
 
     /// The `most` oldest (all when fewer).
     fn take(&mut self, most: usize) -> Vec<DeviceAck> {
-        let rest = self.acks.split_off(self.acks.len().min(most));
-        let taken = std::mem::replace(&mut self.acks, rest);
-        self.at.clear();
-        for (i, a) in self.acks.iter().enumerate() {
-            self.at.insert((a.user, a.device), i);
+        let taken: Vec<DeviceAck> = self.acks.drain(..most.min(self.acks.len())).collect();
+        for a in &taken {
+            self.at.remove(&(a.user, a.device));
         }
+        self.head += taken.len();
         taken
     }
 }
