@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use im_client::ChatClient;
 
-use crate::flow::{self, Dest, Shared};
+use crate::flow::{self, Dest, Shared, lock};
 use crate::ledger::{self, SenderLog};
 use crate::run::{Outcome, spinner};
 use crate::sys::CpuSampler;
@@ -138,10 +138,7 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         }
     }
     pb.finish_and_clear();
-    let slogs: Vec<SenderLog> = logs
-        .iter()
-        .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).clone())
-        .collect();
+    let slogs: Vec<SenderLog> = logs.iter().map(|l| lock(l).clone()).collect();
     let verdict = ledger::verify(&slogs, &rlogs, &spec.recipients_of);
 
     // Rate: deliveries complete (stored, pushed, received, acknowledged)
@@ -186,12 +183,9 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         "messages_receipted",
         shared.receipted.load(Ordering::Relaxed),
     );
-    let receipts = crate::flow::receipt_latency(
-        &shared.sent_ids.lock().unwrap_or_else(|p| p.into_inner()),
-        &shared
-            .receipted_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()),
+    let receipts = flow::receipt_latency(
+        &lock(&shared.sent_ids),
+        &lock(&shared.receipted_at),
         spec.warmup.as_secs() as usize,
     );
     if receipts.summary().count > 0 {
@@ -206,30 +200,15 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         shared.retryable_errors.load(Ordering::Relaxed),
     );
     out.figure("latency", timeline.summary());
-    out.figure(
-        "sent_latency",
-        shared
-            .sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .summary(),
-    );
-    if let Some((p50, p99)) = *shared
-        .pacer_late_us
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-    {
+    out.figure("sent_latency", lock(&shared.sent).summary());
+    if let Some((p50, p99)) = *lock(&shared.pacer_late_us) {
         out.figure("pacer_late_us", serde_json::json!({"p50": p50, "p99": p99}));
     }
     if !drained {
         out.failures
             .push("not everything was acknowledged and delivered within 30 s of the end".into());
     }
-    let errors = shared
-        .errors
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let errors = lock(&shared.errors).clone();
     out.conclude(&errors, verdict, timeline);
     out
 }

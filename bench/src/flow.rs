@@ -80,14 +80,14 @@ impl Shared {
     }
 
     pub fn error(&self, e: String) {
-        let mut errs = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut errs = lock(&self.errors);
         if errs.len() < 1000 {
             errs.push(e);
         }
     }
 
     pub fn error_count(&self) -> usize {
-        self.errors.lock().unwrap_or_else(|p| p.into_inner()).len()
+        lock(&self.errors).len()
     }
 
     pub fn ms(&self) -> u32 {
@@ -244,7 +244,9 @@ pub fn receipt_latency(
     timeline
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, poisoned or not (a panicked task leaves nothing half-written
+/// here that the rest of the run cannot read).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -265,7 +267,7 @@ pub async fn closed_sender(
             Ok(Ok(p)) => p.forget(),
             _ => continue,
         }
-        let n = log.lock().unwrap_or_else(|p| p.into_inner()).issue();
+        let n = lock(&log).issue();
         shared.issued.fetch_add(1, Ordering::Relaxed);
         let body = body(shared.epoch.elapsed().as_nanos() as u64, body_size);
         tokio::spawn(send_and_log(
@@ -299,7 +301,7 @@ async fn send_and_log(
                 lock(&shared.sent_ids).push((resp.msg_id, sched.as_micros() as u64));
             }
             let at = shared.ms();
-            log.lock().unwrap_or_else(|p| p.into_inner()).acked(n, at);
+            lock(&log).acked(n, at);
             shared.acked.fetch_add(1, Ordering::Relaxed);
         }
         Err(e) => {
@@ -346,7 +348,7 @@ pub fn pace_open(
         }
         let _ = late.record(due.elapsed().as_micros() as u64);
         let sender = &senders[(i % senders.len() as u64) as usize];
-        let n = sender.log.lock().unwrap_or_else(|p| p.into_inner()).issue();
+        let n = lock(&sender.log).issue();
         shared.issued.fetch_add(1, Ordering::Relaxed);
         let body = body((due - shared.epoch).as_nanos() as u64, body_size);
         rt.spawn(send_and_log(
@@ -359,10 +361,7 @@ pub fn pace_open(
             shared.clone(),
         ));
     }
-    *shared
-        .pacer_late_us
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) =
+    *lock(&shared.pacer_late_us) =
         Some((late.value_at_quantile(0.5), late.value_at_quantile(0.99)));
 }
 
