@@ -314,16 +314,25 @@ async fn acks_that_store_no_receipt_wait_for_the_connection_to_end() -> anyhow::
     // B's ACKs stored every receipt at once; B's cursor is at its newest.
     assert_eq!(receipt_seqs.len(), 3);
     assert_eq!(cursor(b.id).await?, 3);
-    let metrics = reqwest::get(format!("http://{}/metrics", cluster.gateway_http[0]))
-        .await?
-        .text()
-        .await?;
-    let deferred: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("im_gateway_acks_total{outcome=\"deferred\"} "))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    assert!(deferred >= 2.0, "{metrics}");
+    // A acknowledges the last receipt after handing it out: wait for that
+    // ACK to reach the gateway (a single read raced it once).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(format!("http://{}/metrics", cluster.gateway_http[0]))
+            .await?
+            .text()
+            .await?;
+        let deferred: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("im_gateway_acks_total{outcome=\"deferred\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if deferred >= 2.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // A's first ACK went to logic; the later ones wait.
     let last = *receipt_seqs.last().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
