@@ -10,8 +10,6 @@
 //! same rows a message batch locks. As a second writer, the ack path held
 //! the message path up on those row locks (and paid a commit of its own).
 //! Acks are cumulative: one dropped here is covered by the device's next.
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use im_common::api::ApiError;
@@ -19,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics;
 use crate::pusher::{Origin, Outgoing, Pusher};
-use crate::store::receipts::DeviceAck;
+use crate::store::receipts::{AckQueue, DeviceAck};
 use crate::store::{NewMessage, SendResult, Store, WriterConn};
 
 struct Job {
@@ -204,63 +202,6 @@ async fn run_shard(
         }
     }
     metrics::ACKS_QUEUED.sub(reported);
-}
-
-/// Acks waiting for a transaction, one per device: a device's later ack
-/// replaces its queued one (acks are cumulative) and keeps its place, so
-/// the queue holds at most one ack per device however far the writer is
-/// behind, each covering all its device has received.
-///
-/// A plain queue, with a writer behind (at 5,000 msg/s on a slow machine:
-/// ~50 batches a second of ~100 messages, 32 acks each, against ~5,000
-/// acks a second), filled with acks that their devices' later ones had
-/// overtaken and worked through them oldest first while the newest waited
-/// (in one such run 4,648 of 150,000 messages were still without their
-/// DELIVERED receipt when the load generator stopped). Its channel then
-/// fills (at that rate within seconds), and a full channel drops the
-/// newest acks. (The other cure, taking one ack per message instead of
-/// 32, 256 a full batch, left c2c-throughput 8–16 % lower in two
-/// interleaved pairs.)
-#[derive(Default)]
-struct AckQueue {
-    acks: VecDeque<DeviceAck>,
-    /// Each queued device's place, counted from the first ack ever queued.
-    at: HashMap<(i64, i32), usize>,
-    /// The place of `acks[0]`.
-    head: usize,
-}
-
-impl AckQueue {
-    fn push(&mut self, a: DeviceAck) {
-        match self.at.entry((a.user, a.device)) {
-            Entry::Occupied(e) => {
-                let held = &mut self.acks[*e.get() - self.head];
-                held.seq = held.seq.max(a.seq);
-            }
-            Entry::Vacant(e) => {
-                e.insert(self.head + self.acks.len());
-                self.acks.push_back(a);
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.acks.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.acks.is_empty()
-    }
-
-    /// The `most` oldest (all when fewer).
-    fn take(&mut self, most: usize) -> Vec<DeviceAck> {
-        let taken: Vec<DeviceAck> = self.acks.drain(..most.min(self.acks.len())).collect();
-        for a in &taken {
-            self.at.remove(&(a.user, a.device));
-        }
-        self.head += taken.len();
-        taken
-    }
 }
 
 /// When queued acks go into a transaction.
