@@ -179,15 +179,14 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         .round(),
     );
     out.figure("receipts_received", shared.receipts.load(Ordering::Relaxed));
-    out.figure(
-        "messages_receipted",
-        shared.receipted.load(Ordering::Relaxed),
-    );
+    let receipted = lock(&shared.receipted_at);
+    out.figure("messages_receipted", receipted.len());
     let receipts = flow::receipt_latency(
         &lock(&shared.sent_ids),
-        &lock(&shared.receipted_at),
+        &receipted,
         spec.warmup.as_secs() as usize,
     );
+    drop(receipted);
     if receipts.summary().count > 0 {
         out.figure("receipt_latency", receipts.summary());
     }

@@ -28,13 +28,12 @@ pub struct Shared {
     /// Person messages received (deliveries).
     pub received: AtomicU64,
     pub receipts: AtomicU64,
-    /// Messages the DELIVERED receipts received name (a receipt names every
-    /// message an acknowledgement newly covered, so this, not `receipts`,
-    /// tells whether receipts kept up with the deliveries).
-    pub receipted: AtomicU64,
     /// (message id, scheduled send time in µs since `epoch`) of every
     /// stored message, and (message id, µs since `epoch`) of every DELIVERED
-    /// receipt naming one: joined at the end into the receipt latency.
+    /// receipt naming one: joined at the end into the receipt latency. A
+    /// receipt names every message an acknowledgement newly covered, so the
+    /// length of `receipted_at`, not `receipts`, tells whether receipts
+    /// kept up with the deliveries.
     pub sent_ids: Mutex<Vec<(i64, u64)>>,
     pub receipted_at: Mutex<Vec<(i64, u64)>>,
     /// A sender's own message handed back by its client (see `receive_loop`).
@@ -64,7 +63,6 @@ impl Shared {
             failed_sends: AtomicU64::new(0),
             received: AtomicU64::new(0),
             receipts: AtomicU64::new(0),
-            receipted: AtomicU64::new(0),
             sent_ids: Mutex::new(Vec::new()),
             receipted_at: Mutex::new(Vec::new()),
             own_echoes: AtomicU64::new(0),
@@ -166,11 +164,8 @@ pub async fn receive_loop(
         for m in batch {
             if m.content_type >= SYSTEM_CONTENT_TYPE {
                 shared.receipts.fetch_add(1, Ordering::Relaxed);
-                let ids = delivered_ids(m.content_type, &m.body);
-                shared
-                    .receipted
-                    .fetch_add(ids.len() as u64, Ordering::Relaxed);
                 let at = now.as_micros() as u64;
+                let ids = delivered_ids(m.content_type, &m.body);
                 receipted.extend(ids.into_iter().map(|id| (id, at)));
                 continue;
             }
