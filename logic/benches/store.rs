@@ -6,11 +6,12 @@
 //! connection, as the committer runs them.
 //!
 //! `store_c2c_steady_postgres` is the writer's work in `im-bench
-//! c2c-latency`'s steady state: 500 pairs, batches of 12 messages, each
-//! batch also carrying the acks its predecessor caused that reach logic at
-//! once: the recipients', which store DELIVERED receipts. (The senders'
-//! acks of those receipts store none; the gateway defers them, see
-//! `ConnHandle::on_ack`.)
+//! c2c-latency`'s steady state: 500 pairs, batches of 12 messages (the
+//! batch at 5,000 msg/s; 1 and 48 beside it tell the batch's fixed cost
+//! from its cost per message), each batch also carrying the acks its
+//! predecessor caused that reach logic at once: the recipients', which
+//! store DELIVERED receipts. (The senders' acks of those receipts store
+//! none; the gateway defers them, see `ConnHandle::on_ack`.)
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -99,14 +100,14 @@ fn commit_batches(
     g.finish();
 }
 
-/// Pairs (sender `2k`, recipient `2k + 1`) and the batch size of
-/// `c2c-latency` at 5,000 msg/s.
+/// Pairs (sender `2k`, recipient `2k + 1`) and batch sizes: 12 is
+/// `c2c-latency`'s at 5,000 msg/s, 1 its usual batch below 1,000 msg/s.
 const PAIRS: usize = 500;
-const STEADY_BATCH: usize = 12;
+const STEADY_BATCHES: [usize; 3] = [1, 12, 48];
 
-/// Commits batches of [`STEADY_BATCH`] messages round the pairs, each with
-/// the acks of the previous batch's messages that want a receipt (per
-/// user, up to its newest).
+/// Commits batches of each of [`STEADY_BATCHES`] messages round the pairs,
+/// each with the acks of the previous batch's messages that want a receipt
+/// (per user, up to its newest).
 fn commit_steady(
     c: &mut Criterion,
     rt: &tokio::runtime::Runtime,
@@ -117,40 +118,48 @@ fn commit_steady(
     let acks = std::cell::RefCell::new(Vec::<DeviceAck>::new());
     let next = AtomicU64::new(0);
     let mut g = c.benchmark_group("store_c2c_steady_postgres");
-    g.throughput(Throughput::Elements(STEADY_BATCH as u64));
-    g.bench_function(format!("batch_{STEADY_BATCH}"), |b| {
-        b.iter(|| {
-            let items = (0..STEADY_BATCH)
-                .map(|_| {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    let pair = n as usize % PAIRS;
-                    message(users[2 * pair], users[2 * pair + 1], format!("steady-{n}"))
-                })
-                .collect();
-            let mut held = held.borrow_mut();
-            let mut acks = acks.borrow_mut();
-            let (_, out) = rt
-                .block_on(store.commit_with_acks_on(&mut held, items, &acks, im_proto::now_ms()))
-                .expect("commit");
-            let mut newest = BTreeMap::new();
-            let acked = out
-                .deliveries
-                .iter()
-                .filter(|d| im_proto::wants_delivered_receipt(&d.message, d.user));
-            for d in acked {
-                let seq = newest.entry(d.user).or_insert(0);
-                *seq = d.message.seq.max(*seq);
-            }
-            *acks = newest
-                .into_iter()
-                .map(|(user, seq)| DeviceAck {
-                    user,
-                    device: 1,
-                    seq,
-                })
-                .collect();
-        })
-    });
+    for size in STEADY_BATCHES {
+        acks.borrow_mut().clear();
+        g.throughput(Throughput::Elements(size as u64));
+        g.bench_function(format!("batch_{size}"), |b| {
+            b.iter(|| {
+                let items = (0..size)
+                    .map(|_| {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        let pair = n as usize % PAIRS;
+                        message(users[2 * pair], users[2 * pair + 1], format!("steady-{n}"))
+                    })
+                    .collect();
+                let mut held = held.borrow_mut();
+                let mut acks = acks.borrow_mut();
+                let (_, out) = rt
+                    .block_on(store.commit_with_acks_on(
+                        &mut held,
+                        items,
+                        &acks,
+                        im_proto::now_ms(),
+                    ))
+                    .expect("commit");
+                let mut newest = BTreeMap::new();
+                let acked = out
+                    .deliveries
+                    .iter()
+                    .filter(|d| im_proto::wants_delivered_receipt(&d.message, d.user));
+                for d in acked {
+                    let seq = newest.entry(d.user).or_insert(0);
+                    *seq = d.message.seq.max(*seq);
+                }
+                *acks = newest
+                    .into_iter()
+                    .map(|(user, seq)| DeviceAck {
+                        user,
+                        device: 1,
+                        seq,
+                    })
+                    .collect();
+            })
+        });
+    }
     g.finish();
 }
 
