@@ -176,18 +176,30 @@ SELECT 4, i, s, tgt, NULL, cmid, body FROM items WHERE i > COALESCE(cardinality(
 ///
 /// [`BATCH_SQL`] is planned once, for any arguments
 /// (`force_generic_plan`: planning it took ~3.5 ms, longer than running
-/// it). Every lookup in a table is a `LATERAL … OFFSET 0` subquery (a
-/// nested loop over an index) or an `= ANY (ARRAY(…))` index scan, so the
-/// plan stays an index plan however small the tables were when it was
-/// made. The CTEs' row estimates are guesses (10 rows an array), so they
+/// it), and the writer keeps its connection, so the plan lasts until an
+/// `ANALYZE` of one of its tables. Every lookup in a table is a `LATERAL …
+/// OFFSET 0` subquery (a nested loop over an index) or an `= ANY (ARRAY(…))`
+/// index scan, and sequential scans are off on this connection
+/// (`enable_seqscan`), so the plan stays an index plan however small the
+/// tables were when it was made: on tables that `ANALYZE` had seen empty
+/// (an operator's `ANALYZE` after a migration or a restore, or
+/// autovacuum's first pass while it is then off or behind) Postgres read
+/// every acknowledged range by scanning the whole inbox and
+/// `device_cursors`, and a batch of 12 messages with their acks slowed
+/// from 2.3 ms to 10 ms over its first 600 batches, and on as the inbox
+/// grew. Every statement this connection runs has an index to use; a
+/// sequential scan is only priced out, never refused. The CTEs' row estimates are guesses (10 rows an array), so they
 /// would be joined by nested loops, quadratic in the batch (a batch of
 /// 1,000 messages took 290 ms, 64 messages ~5 ms); instead, message ids are
 /// taken from the sequence up front (in batch order) and looked up by item
 /// number in an array, and each user's reserved sequences likewise.
-pub(super) async fn connect(store: &Store) -> Result<PgConnection, StoreError> {
+pub async fn connect(store: &Store) -> Result<PgConnection, StoreError> {
     let url = &store.pool().connect_options().database_url;
     Ok(PgConnectOptions::from_url(url)?
-        .options([("plan_cache_mode", "force_generic_plan")])
+        .options([
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+        ])
         .connect()
         .await?)
 }
