@@ -158,7 +158,7 @@ async fn run_shard(
     let mut acks_since: Option<Instant> = None;
     // This writer's share of `im_logic_acks_queued`.
     let mut reported = 0;
-    let mut conn = WriterConn::default();
+    let mut conn = WriterConn::for_writer();
     loop {
         // Both queues close together, when the last Committer is dropped;
         // queued messages are still stored first.

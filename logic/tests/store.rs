@@ -839,6 +839,42 @@ async fn the_writers_plan_reads_by_index_on_tables_analyzed_empty() {
     assert!(plan.contains("device_cursors_pkey"), "{plan}");
 }
 
+/// `SHOW enable_seqscan` on `conn`.
+async fn seqscan(conn: &mut sqlx::AnyConnection) -> String {
+    sqlx::query_scalar("SHOW enable_seqscan")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// A store writer's pooled connection (its transactions of several
+/// statements: on Postgres, batches beyond the one statement) prices
+/// sequential scans out like the writer's own connection, for as long as
+/// the writer keeps it; other writes' connections do not, and the setting
+/// never comes back to the pool.
+#[tokio::test]
+async fn store_writers_price_sequential_scans_out_on_postgres() {
+    let store = common::postgres("im_seqw").await;
+    let mut writer = WriterConn::for_writer();
+    let mut other = WriterConn::default();
+    for (held, expected) in [(&mut writer, "off"), (&mut other, "on")] {
+        // Twice: the second transaction runs on the kept connection.
+        for _ in 0..2 {
+            let mut tx = store.begin_write_on(held).await.unwrap();
+            assert_eq!(seqscan(&mut tx).await, expected);
+            tx.rollback().await.unwrap();
+        }
+    }
+    drop((writer, other));
+    let pool = store.pool();
+    let mut all = Vec::new();
+    for _ in 0..pool.options().get_max_connections() {
+        let mut conn = pool.acquire().await.unwrap();
+        assert_eq!(seqscan(&mut conn).await, "on");
+        all.push(conn);
+    }
+}
+
 /// The acknowledgement statement of batches too large for the writer's one
 /// statement (`ack_sql`) reads each acknowledged range through the inbox
 /// index, not by scanning every inbox (which Postgres prefers for a plain

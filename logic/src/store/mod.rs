@@ -66,8 +66,11 @@ pub struct WriteTx<'c> {
 /// one.
 #[derive(Default)]
 pub struct WriterConn {
-    /// Transactions of several statements (SQLite's batches).
+    /// Transactions of several statements (SQLite's batches, Postgres
+    /// batches beyond [`pg_batch`]'s limits).
     pooled: Option<sqlx::pool::PoolConnection<Any>>,
+    /// A store writer's ([`WriterConn::for_writer`]).
+    writer: bool,
     /// Postgres batches ([`pg_batch`]): a connection of the writer's own,
     /// opened outside the pool by the task that uses it, so its socket
     /// belongs to that task's runtime (a committer's own thread) and each
@@ -77,6 +80,21 @@ pub struct WriterConn {
 }
 
 impl WriterConn {
+    /// The connections of a store writer, kept for as long as it runs. Its
+    /// statements' plans last as long (a prepared statement's generic plan
+    /// is made again only after an `ANALYZE` of its tables), so on Postgres
+    /// its pooled connection prices sequential scans out, as its own
+    /// connection does (see [`pg_batch::connect`]: a plan made while the
+    /// tables were small, or seen empty by `ANALYZE`, would otherwise scan
+    /// them whole for good), and is closed rather than handed back to the
+    /// pool with that setting.
+    pub fn for_writer() -> WriterConn {
+        WriterConn {
+            writer: true,
+            ..WriterConn::default()
+        }
+    }
+
     /// Closes the kept connections (after an error they may be broken).
     pub fn discard(&mut self) {
         if let Some(mut conn) = self.pooled.take() {
@@ -183,7 +201,16 @@ impl Store {
         };
         let conn: &mut sqlx::AnyConnection = match &mut held.pooled {
             Some(conn) => conn,
-            empty => empty.insert(self.pool.acquire().await?),
+            empty => {
+                let mut conn = self.pool.acquire().await?;
+                if held.writer && self.backend == Backend::Postgres {
+                    conn.close_on_drop();
+                    sqlx::query("SET enable_seqscan = off")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                empty.insert(conn)
+            }
         };
         let tx = match self.backend {
             Backend::Sqlite => sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE").await?,
