@@ -188,7 +188,9 @@ SELECT 4, i, s, tgt, NULL, cmid, body FROM items WHERE i > COALESCE(cardinality(
 /// `device_cursors`, and a batch of 12 messages with their acks slowed
 /// from 2.3 ms to 10 ms over its first 600 batches, and on as the inbox
 /// grew. Every statement this connection runs has an index to use; a
-/// sequential scan is only priced out, never refused. The CTEs' row estimates are guesses (10 rows an array), so they
+/// sequential scan is only priced out, never refused.
+///
+/// The CTEs' row estimates are guesses (10 rows an array), so they
 /// would be joined by nested loops, quadratic in the batch (a batch of
 /// 1,000 messages took 290 ms, 64 messages ~5 ms); instead, message ids are
 /// taken from the sequence up front (in batch order) and looked up by item
