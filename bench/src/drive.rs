@@ -187,8 +187,9 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         spec.warmup.as_secs() as usize,
     );
     drop(receipted);
-    if receipts.summary().count > 0 {
-        out.figure("receipt_latency", receipts.summary());
+    let receipts = receipts.summary();
+    if receipts.count > 0 {
+        out.figure("receipt_latency", receipts);
     }
     out.figure(
         "own_messages_handed_back_to_sender",

@@ -49,7 +49,7 @@ async fn fill(
             let mut errors = Vec::new();
             let results: Vec<_> = futures::stream::iter(0..n_msgs)
                 .map(|_| {
-                    let n = crate::flow::lock(&log).issue();
+                    let n = flow::lock(&log).issue();
                     let (c, pb) = (c.clone(), pb.clone());
                     async move {
                         let body = flow::body(0, size);
