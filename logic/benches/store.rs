@@ -12,6 +12,7 @@
 //! predecessor caused that reach logic at once: the recipients', which
 //! store DELIVERED receipts. (The senders' acks of those receipts store
 //! none; the gateway defers them, see `ConnHandle::on_ack`.)
+//! `store_c2c_steady_sqlite` is the same on the single node's SQLite.
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -111,13 +112,14 @@ const STEADY_BATCHES: [usize; 3] = [1, 12, 48];
 fn commit_steady(
     c: &mut Criterion,
     rt: &tokio::runtime::Runtime,
+    name: &str,
     (store, users): &(Store, Vec<i64>),
 ) {
     let _rt = rt.enter();
     let held = std::cell::RefCell::new(WriterConn::default());
     let acks = std::cell::RefCell::new(Vec::<DeviceAck>::new());
     let next = AtomicU64::new(0);
-    let mut g = c.benchmark_group("store_c2c_steady_postgres");
+    let mut g = c.benchmark_group(name);
     for size in STEADY_BATCHES {
         acks.borrow_mut().clear();
         g.throughput(Throughput::Elements(size as u64));
@@ -176,6 +178,14 @@ fn store(c: &mut Criterion) {
     );
     let sqlite = rt.block_on(with_users(&url)).expect("open sqlite");
     commit_batches(c, &rt, "store_commit_batch_sqlite", &sqlite, &[1, 64]);
+    let steady = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("steady.db").display()
+    );
+    let sqlite = rt
+        .block_on(with_n_users(&steady, 2 * PAIRS))
+        .expect("open sqlite");
+    commit_steady(c, &rt, "store_c2c_steady_sqlite", &sqlite);
 
     let base = std::env::var("IM_BENCH_PG_BASE")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
@@ -187,7 +197,7 @@ fn store(c: &mut Criterion) {
             let steady = format!("{url}_steady");
             match rt.block_on(with_n_users(&steady, 2 * PAIRS)) {
                 Ok(pg) => {
-                    commit_steady(c, &rt, &pg);
+                    commit_steady(c, &rt, "store_c2c_steady_postgres", &pg);
                     rt.block_on(async { drop(pg) });
                     drop_db(&rt, &steady);
                 }

@@ -141,6 +141,12 @@ async fn exercise(store: &Store) {
     // Another device of bob receipts the same messages for itself.
     let d = store.commit_acks(&[ack(b, 2, 2)], 6000).await.unwrap();
     assert_eq!(d.iter().filter(|x| x.user == a).count(), 1);
+    // Any ack, even past i64::MAX, is clamped to the newest message.
+    store
+        .commit_acks(&[ack(b, 3, u64::MAX)], 6500)
+        .await
+        .unwrap();
+    assert_eq!(store.cursor(b, 3).await.unwrap(), 3);
     // Receipts do not beget receipts: alice acking everything (bob's message
     // and two receipts) receipts only bob's message.
     let a_max = store.max_seq(a).await.unwrap();

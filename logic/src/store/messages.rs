@@ -216,17 +216,27 @@ impl Store {
     /// Reserves `counts[user]` inbox sequences per user and writes the
     /// entries at `first + offset`; returns each
     /// user's first reserved sequence. The users' rows are locked already.
-    /// On Postgres both are one statement (a data-modifying CTE): a round
-    /// trip less on the path every message takes. SQLite, and batches
-    /// beyond one statement's size, take two steps.
+    /// On Postgres both are one statement (a data-modifying CTE), on
+    /// SQLite two statements sent as one query ([`reserve_inbox_sqlite`]):
+    /// a round trip less on the path every message takes. Batches beyond
+    /// one statement's size take two steps.
     async fn reserve_inbox(
         &self,
         tx: &mut AnyConnection,
         counts: &BTreeMap<i64, i64>,
         entries: &[Entry],
     ) -> Result<HashMap<i64, u64>, StoreError> {
-        let fits = counts.len() <= sql::MAX_ROWS_PER_INSERT && entries.len() <= MAX_RESERVE_ENTRIES;
-        if self.backend() != super::Backend::Postgres || !fits {
+        let (keys, rows) = (
+            sql::padded_len(counts.len()),
+            sql::padded_len(entries.len()),
+        );
+        let sqlite = self.backend() == super::Backend::Sqlite;
+        let fits = if sqlite {
+            3 * keys <= sql::SQLITE_MAX_PARAMS && 4 * rows <= sql::SQLITE_MAX_PARAMS
+        } else {
+            counts.len() <= sql::MAX_ROWS_PER_INSERT && entries.len() <= MAX_RESERVE_ENTRIES
+        };
+        if !fits {
             let first = self
                 .allocate(&mut *tx, SeqTable::Users, counts, false)
                 .await?;
@@ -245,13 +255,15 @@ impl Store {
             insert_entries(&mut *tx, "inbox (user_id, seq, msg_id, receipt_to)", &rows).await?;
             return Ok(first);
         }
-        let (keys, rows) = (
-            sql::padded_len(counts.len()),
-            sql::padded_len(entries.len()),
-        );
-        let q = sql::cached(("reserve inbox", keys, rows), || {
-            reserve_inbox_sql(keys, rows)
-        });
+        let q = if sqlite {
+            sql::cached(("reserve inbox, sqlite", keys, rows), || {
+                reserve_inbox_sqlite(keys, rows)
+            })
+        } else {
+            sql::cached(("reserve inbox", keys, rows), || {
+                reserve_inbox_sql(keys, rows)
+            })
+        };
         let mut query = sqlx::query(q);
         for (u, n) in counts {
             query = query.bind(*u).bind(*n);
@@ -261,17 +273,26 @@ impl Store {
         for u in sql::padded_ids(&ids) {
             query = query.bind(u);
         }
+        let count = |user: i64| counts.get(&user).copied().unwrap_or_default();
         for e in entries {
+            // SQLite places an entry back from the user's new sequence.
+            let place = if sqlite {
+                count(e.user) - 1 - e.offset as i64
+            } else {
+                e.offset as i64
+            };
             query = query
                 .bind(e.user)
-                .bind(e.offset as i64)
+                .bind(place)
                 .bind(e.msg_id)
                 .bind(e.receipt_to);
         }
         query = sql::bind_null_rows(query, entries.len(), 4);
         let mut first = HashMap::with_capacity(counts.len());
         for row in query.fetch_all(&mut *tx).await? {
-            let (user, base): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            let (user, seq): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            // Postgres returns the sequence before the reservation, SQLite after.
+            let base = if sqlite { seq - count(user) } else { seq };
             first.insert(user, (base + 1) as u64);
         }
         Ok(first)
@@ -372,8 +393,8 @@ impl Store {
 
     /// Locks `users` ([`Self::lock_users`]) and finds the (sender, target)
     /// pairs of the batch's one-to-one messages the policy refuses, with the
-    /// reason. On Postgres, when the lists fit one statement, that is one
-    /// round trip (the locks in a CTE, the blocks and friendships beside
+    /// reason. When the lists fit one statement, that is one round trip
+    /// (on Postgres the locks in a CTE, the blocks and friendships beside
     /// them); otherwise one for the locks, one for blocks and (under
     /// friends-only) one for friendships.
     async fn lock_and_check(
@@ -383,9 +404,24 @@ impl Store {
         items: &[NewMessage],
     ) -> Result<(HashSet<i64>, Refusals), StoreError> {
         let policy = PolicyPairs::of(items);
-        let limit = sql::MAX_ROWS_PER_INSERT;
-        let fits = users.len() <= limit && policy.senders.len().max(policy.targets.len()) <= limit;
-        if self.backend() != super::Backend::Postgres || !fits {
+        let nu = sql::padded_len(users.len());
+        let np = if policy.pairs.is_empty() {
+            0
+        } else {
+            sql::padded_len(policy.senders.len().max(policy.targets.len()))
+        };
+        let friends_only = policy.friends_only;
+        let backend = self.backend();
+        let fits = match backend {
+            super::Backend::Postgres => {
+                let limit = sql::MAX_ROWS_PER_INSERT;
+                users.len() <= limit && policy.senders.len().max(policy.targets.len()) <= limit
+            }
+            super::Backend::Sqlite => {
+                nu + np * if friends_only { 4 } else { 2 } <= sql::SQLITE_MAX_PARAMS
+            }
+        };
+        if !fits {
             let known = self.lock_users(&mut *tx, users).await?;
             if policy.pairs.is_empty() {
                 return Ok((known, Refusals::new()));
@@ -400,17 +436,13 @@ impl Store {
             };
             return Ok((known, policy.refusals(&blocks, &friends)));
         }
-        let nu = sql::padded_len(users.len());
-        let np = if policy.pairs.is_empty() {
-            0
-        } else {
-            sql::padded_len(policy.senders.len().max(policy.targets.len()))
+        let tag = match backend {
+            super::Backend::Postgres => "lock and check",
+            super::Backend::Sqlite => "check",
         };
-        let friends_only = policy.friends_only;
-        let q = sql::cached(
-            ("lock and check", nu, np * 2 + usize::from(friends_only)),
-            || lock_and_check_sql(nu, np, friends_only),
-        );
+        let q = sql::cached((tag, nu, np * 2 + usize::from(friends_only)), || {
+            lock_and_check_sql(backend, nu, np, friends_only)
+        });
         let mut query = sqlx::query(q);
         for u in sql::padded_ids(users) {
             query = query.bind(u);
@@ -563,28 +595,44 @@ impl PolicyPairs {
     }
 }
 
-/// Postgres: lock `users` user_seq rows in id order (bound as an id list)
+/// Postgres: lock `users` user_seq rows in id order (bound as an id list;
+/// on SQLite, which has one writer at a time, only read them)
 /// and, with `pairs` > 0, read the blocks among the batch's pairs (bound as
 /// the targets, then the senders, each padded to `pairs`) and, with
 /// `friends`, their friendships (the senders, then the targets). Rows are
 /// (0, user, 0) per known user, (1, blocker, blocked), (2, user, friend).
-fn lock_and_check_sql(users: usize, pairs: usize, friends: bool) -> String {
-    let mut q = format!(
-        "WITH l AS MATERIALIZED (SELECT user_id FROM user_seq WHERE user_id IN ({}) \
-         ORDER BY user_id FOR UPDATE) SELECT 0::int8, user_id, 0::int8 FROM l",
-        sql::list(users, 1)
-    );
+fn lock_and_check_sql(
+    backend: super::Backend,
+    users: usize,
+    pairs: usize,
+    friends: bool,
+) -> String {
+    let ids = sql::list(users, 1);
+    let (mut q, int8) = match backend {
+        super::Backend::Postgres => (
+            format!(
+                "WITH l AS MATERIALIZED (SELECT user_id FROM user_seq WHERE user_id IN ({ids}) \
+                 ORDER BY user_id FOR UPDATE) SELECT 0::int8, user_id, 0::int8 FROM l"
+            ),
+            "::int8",
+        ),
+        // One writer at a time: nothing to lock.
+        super::Backend::Sqlite => (
+            format!("SELECT 0, user_id, 0 FROM user_seq WHERE user_id IN ({ids})"),
+            "",
+        ),
+    };
     if pairs > 0 {
         let at = |k: usize| sql::list(pairs, users + 1 + k * pairs);
         q.push_str(&format!(
-            " UNION ALL SELECT 1::int8, user_id, blocked_id FROM blocks \
+            " UNION ALL SELECT 1{int8}, user_id, blocked_id FROM blocks \
              WHERE user_id IN ({}) AND blocked_id IN ({})",
             at(0),
             at(1)
         ));
         if friends {
             q.push_str(&format!(
-                " UNION ALL SELECT 2::int8, user_id, friend_id FROM friends \
+                " UNION ALL SELECT 2{int8}, user_id, friend_id FROM friends \
                  WHERE user_id IN ({}) AND friend_id IN ({})",
                 at(2),
                 at(3)
@@ -592,6 +640,29 @@ fn lock_and_check_sql(users: usize, pairs: usize, friends: bool) -> String {
         }
     }
     q
+}
+
+/// SQLite: [`reserve_inbox_sql`] as two statements in one query (no
+/// data-modifying CTEs there), bound alike except that an entry's place is
+/// counted back from the user's new sequence (`n - 1 - offset`), so the
+/// second statement needs no counts; returns (user, new sequence).
+/// sqlx binds `$N` by number in every statement of a query, and runs them
+/// all on one trip to the connection's worker thread: each trip is two
+/// thread switches, which cost the single node more than the statements
+/// did (`docs/benchmarks.md`).
+fn reserve_inbox_sqlite(keys: usize, rows: usize) -> String {
+    format!(
+        "WITH v (k, n) AS (VALUES {counts}) \
+         UPDATE user_seq SET seq = user_seq.seq + v.n FROM v \
+         WHERE user_seq.user_id = v.k AND user_seq.user_id IN ({ids}) \
+         RETURNING user_seq.user_id, user_seq.seq; \
+         WITH e (k, back, id, rt) AS (VALUES {entries}) \
+         INSERT INTO inbox (user_id, seq, msg_id, receipt_to) \
+         SELECT e.k, s.seq - e.back, e.id, e.rt FROM e JOIN user_seq s ON s.user_id = e.k",
+        counts = sql::values(keys, 2),
+        ids = sql::list(keys, keys * 2 + 1),
+        entries = sql::values_from(rows, 4, keys * 3 + 1),
+    )
 }
 
 /// Most inbox entries [`Store::reserve_inbox`] writes in one statement.

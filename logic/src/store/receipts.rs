@@ -154,158 +154,199 @@ impl Store {
         Ok(newly)
     }
 
-    /// SQLite (no LATERAL, no data-modifying CTEs): ranges, receipts, cursors.
+    /// SQLite (no LATERAL, no data-modifying CTEs): the ranges and the
+    /// entries in them that want a receipt in one statement
+    /// ([`ranges_and_covered_sql`]), then the receipts and the cursors in
+    /// one query of two statements ([`receipts_and_cursors_sql`]) when the
+    /// receipts fit one statement. Every statement is a trip to the
+    /// connection's worker thread and back (two thread switches), which
+    /// cost the single node more than the statements themselves.
     async fn acks_step_by_step(
         &self,
         tx: &mut AnyConnection,
         acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<NewlyReceipted, StoreError> {
-        let ranges = self.ack_ranges(tx, acks).await?;
+        let (ranges, covered) = self.ranges_and_covered(tx, acks).await?;
         if ranges.is_empty() {
             return Ok(NewlyReceipted::new());
         }
-        let newly = self.record_receipts(tx, &ranges, now_ms).await?;
-        let q = format!(
-            "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) {} \
-             ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
-             updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
-            sql::padded_values(ranges.len(), 4)
+        let sender_of: HashMap<i64, i64> = covered.iter().map(|c| (c.msg_id, c.sender)).collect();
+        let per_statement = sql::rows_per_statement(tx, 5);
+        let (last, earlier) = if covered.len() <= per_statement {
+            (&covered[..], &[][..])
+        } else {
+            (&[][..], &covered[..])
+        };
+        let mut inserted = Vec::new();
+        for chunk in earlier.chunks(per_statement) {
+            let n = sql::padded_len(chunk.len());
+            let q = sql::cached(("receipts", n, 0), || receipts_sql(n, 1));
+            let query = bind_receipts(sqlx::query(q), chunk, now_ms);
+            inserted.extend(query.fetch_all(&mut *tx).await?);
+        }
+        // The cursors ride with the last receipts (acks come in chunks of
+        // at most `rows_for(Sqlite, 4)` devices: one statement's worth).
+        let (c, r) = (
+            if last.is_empty() {
+                0
+            } else {
+                sql::padded_len(last.len())
+            },
+            sql::padded_len(ranges.len()),
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for r in &ranges {
+        let q = sql::cached(("receipts and cursors", c, r), || {
+            receipts_and_cursors_sql(c, r)
+        });
+        let mut query = bind_receipts(sqlx::query(q), last, now_ms);
+        for x in &ranges {
             query = query
-                .bind(r.user)
-                .bind(r.device)
-                .bind(r.new)
+                .bind(x.user)
+                .bind(x.device)
+                .bind(x.new)
                 .bind(now_ms as i64);
         }
-        sql::bind_null_rows(query, ranges.len(), 4)
-            .execute(&mut *tx)
-            .await?;
+        let query = sql::bind_null_rows(query, ranges.len(), 4);
+        inserted.extend(query.fetch_all(&mut *tx).await?);
+
+        let mut newly = NewlyReceipted::new();
+        for row in inserted {
+            let (msg_id, user, device): (i64, i64, i64) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            if let Some(s) = sender_of.get(&msg_id) {
+                newly.entry((user, device)).or_default().push((msg_id, *s));
+            }
+        }
         Ok(newly)
     }
 
-    /// The inbox range each acknowledgement newly covers (acks that cover
-    /// nothing new are left out), in the acks' order; one round trip.
-    async fn ack_ranges(
+    /// SQLite: the inbox range each acknowledgement newly covers (acks that
+    /// cover nothing new are left out) and the entries in those ranges that
+    /// want a DELIVERED receipt; one round trip.
+    async fn ranges_and_covered(
         &self,
         tx: &mut AnyConnection,
         acks: &[DeviceAck],
-    ) -> Result<Vec<AckRange>, StoreError> {
-        let users: Vec<i64> = acks
-            .iter()
-            .map(|a| a.user)
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        // Each user's newest sequence and every device cursor, in one query.
-        let mut newest: HashMap<i64, i64> = HashMap::new();
-        let mut cursors: HashMap<(i64, i64), i64> = HashMap::new();
-        let q = format!(
-            "SELECT s.user_id, s.seq, c.device, c.acked_seq FROM user_seq s \
-             LEFT JOIN device_cursors c ON c.user_id = s.user_id \
-             WHERE s.user_id IN ({})",
-            sql::list(sql::padded_len(users.len()), 1)
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-        for u in sql::padded_ids(&users) {
-            query = query.bind(u);
+    ) -> Result<(Vec<AckRange>, Vec<Covered>), StoreError> {
+        let n = sql::padded_len(acks.len());
+        let mut query = sqlx::query(sql::cached(("ranges and covered", n, 0), || {
+            ranges_and_covered_sql(n)
+        }));
+        for a in acks {
+            query = query
+                .bind(a.user)
+                .bind(i64::from(a.device))
+                .bind(a.seq.min(i64::MAX as u64) as i64);
         }
-        for row in query.fetch_all(&mut *tx).await? {
-            let user: i64 = row.try_get(0)?;
-            newest.insert(user, row.try_get(1)?);
-            let cursor: (Option<i64>, Option<i64>) = (row.try_get(2)?, row.try_get(3)?);
-            if let (Some(device), Some(acked)) = cursor {
-                cursors.insert((user, device), acked);
-            }
-        }
-        Ok(acks
-            .iter()
-            .filter_map(|a| {
-                let device = i64::from(a.device);
-                let old = cursors.get(&(a.user, device)).copied().unwrap_or(0);
-                let max = newest.get(&a.user).copied().unwrap_or(0);
-                ack_range(old, a.seq, max).map(|(old, new)| AckRange {
-                    user: a.user,
-                    device,
-                    old,
-                    new,
-                })
-            })
-            .collect())
-    }
-
-    /// Records a DELIVERED receipt for each one-to-one message from someone
-    /// else in the ranges (once per message and device); returns the newly
-    /// recorded `(msg_id, sender)` pairs per (user, device).
-    async fn record_receipts(
-        &self,
-        tx: &mut AnyConnection,
-        ranges: &[AckRange],
-        now_ms: u64,
-    ) -> Result<NewlyReceipted, StoreError> {
-        let n = sql::padded_len(ranges.len());
-        let mut query = sqlx::query(sql::cached(("covered", n, 0), || covered_sql(n)));
-        for r in ranges {
-            query = query.bind(r.user).bind(r.device).bind(r.old).bind(r.new);
-        }
-        // NULL ranges cover nothing.
-        let covered = sql::bind_null_rows(query, ranges.len(), 4)
+        let query = sql::bind_null_rows(query, acks.len(), 3)
             .bind(ConversationType::C2c as i64)
-            .bind(i64::from(SYSTEM_CONTENT_MIN))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut sender_of: HashMap<i64, i64> = HashMap::new();
-        let mut newly = NewlyReceipted::new();
-        for chunk in covered.chunks(sql::rows_per_statement(tx, 5)) {
-            let q = format!(
-                "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) {} \
-                 ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device",
-                sql::padded_values(chunk.len(), 5)
-            );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(q));
-            for row in chunk {
-                let (user, device): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-                let (msg_id, sender): (i64, i64) = (row.try_get(2)?, row.try_get(3)?);
-                sender_of.insert(msg_id, sender);
-                query = query
-                    .bind(msg_id)
-                    .bind(user)
-                    .bind(device)
-                    .bind(ReceiptKind::Delivered as i64)
-                    .bind(now_ms as i64);
-            }
-            let query = sql::bind_null_rows(query, chunk.len(), 5);
-            for row in query.fetch_all(&mut *tx).await? {
-                let (msg_id, user, device): (i64, i64, i64) =
-                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                if let Some(s) = sender_of.get(&msg_id) {
-                    newly.entry((user, device)).or_default().push((msg_id, *s));
-                }
+            .bind(i64::from(SYSTEM_CONTENT_MIN));
+        let (mut ranges, mut covered) = (Vec::new(), Vec::new());
+        for row in query.fetch_all(&mut *tx).await? {
+            let (kind, user, device): (i64, i64, i64) =
+                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+            let (a, b): (i64, i64) = (row.try_get(3)?, row.try_get(4)?);
+            if kind == 0 {
+                ranges.push(AckRange {
+                    user,
+                    device,
+                    new: b,
+                });
+            } else {
+                covered.push(Covered {
+                    user,
+                    device,
+                    msg_id: a,
+                    sender: b,
+                });
             }
         }
-        Ok(newly)
+        Ok((ranges, covered))
     }
 }
 
-/// SQLite: the entries of `ranges` inbox ranges (bound as user, device,
-/// lo, hi per range, NULL for none, then the c2c conversation type and the
-/// first system content type) that want a DELIVERED receipt, as (user,
-/// device, msg_id, sender) rows: their `receipt_to` (migration 0007) says
-/// so; entries written before it (NULL there) are decided from their
-/// message ([`covered_sender!`]). SQLite loops over the ranges and reads
-/// each by the inbox's primary key; Postgres does this step inside
-/// [`ack_sql`] (or [`super::pg_batch::BATCH_SQL`]).
-pub fn covered_sql(ranges: usize) -> String {
-    let (conv, content) = (ranges * 4 + 1, ranges * 4 + 2);
+/// An inbox entry an acknowledgement newly covers that wants a DELIVERED
+/// receipt to `sender`.
+struct Covered {
+    user: i64,
+    device: i64,
+    msg_id: i64,
+    sender: i64,
+}
+
+/// Binds `rows` receipts (then NULL rows to the padded length) for
+/// [`receipts_sql`].
+fn bind_receipts<'q>(
+    mut query: sql::AnyQuery<'q>,
+    rows: &[Covered],
+    now_ms: u64,
+) -> sql::AnyQuery<'q> {
+    for c in rows {
+        query = query
+            .bind(c.msg_id)
+            .bind(c.user)
+            .bind(c.device)
+            .bind(ReceiptKind::Delivered as i64)
+            .bind(now_ms as i64);
+    }
+    if rows.is_empty() {
+        return query;
+    }
+    sql::bind_null_rows(query, rows.len(), 5)
+}
+
+/// SQLite: DELIVERED receipts, `rows` rows of (msg_id, user, device,
+/// kind, time) from `$start`, each (message, device) once; returns the
+/// new ones as (msg_id, user, device).
+fn receipts_sql(rows: usize, start: usize) -> String {
     format!(
-        "WITH r (user_id, device, lo, hi) AS (VALUES {}) \
-         SELECT * FROM (SELECT r.user_id, r.device, i.msg_id, {} AS sender FROM r \
+        "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) {} \
+         ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device",
+        sql::padded_values_from(rows, 5, start)
+    )
+}
+
+/// SQLite: [`receipts_sql`] for `receipts` rows (none: left out), then
+/// in the same query the device cursors, `cursors` rows of (user, device,
+/// acked sequence, time), each moved only forward.
+fn receipts_and_cursors_sql(receipts: usize, cursors: usize) -> String {
+    let moved = format!(
+        "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) {} \
+         ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
+         updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
+        sql::padded_values_from(cursors, 4, receipts * 5 + 1)
+    );
+    if receipts == 0 {
+        return moved;
+    }
+    format!("{}; {moved}", receipts_sql(receipts, 1))
+}
+
+/// SQLite: for `acks` acknowledgements (bound as user, device, sequence,
+/// NULL rows for none, then the c2c conversation type and the first
+/// system content type), the range each newly covers as (0, user, device,
+/// old cursor, new cursor) rows, clamped to the user's newest sequence,
+/// then the entries in those ranges that want a DELIVERED receipt as (1,
+/// user, device, msg_id, sender) rows: their `receipt_to` (migration 0007)
+/// says so; entries written before it (NULL there) are decided from their
+/// message ([`covered_sender!`]). SQLite reads each range by the inbox's
+/// primary key; Postgres does this step inside [`ack_sql`] (or
+/// [`super::pg_batch::BATCH_SQL`]).
+pub fn ranges_and_covered_sql(acks: usize) -> String {
+    let (conv, content) = (acks * 3 + 1, acks * 3 + 2);
+    format!(
+        "WITH a (user_id, device, ack) AS (VALUES {}), \
+         r AS (SELECT a.user_id, a.device, COALESCE(c.acked_seq, 0) AS lo, \
+             MIN(a.ack, s.seq) AS hi FROM a JOIN user_seq s ON s.user_id = a.user_id \
+           LEFT JOIN device_cursors c ON c.user_id = a.user_id AND c.device = a.device \
+           WHERE MIN(a.ack, s.seq) > COALESCE(c.acked_seq, 0)) \
+         SELECT 0, user_id, device, lo, hi FROM r \
+         UNION ALL \
+         SELECT * FROM (SELECT 1, r.user_id, r.device, i.msg_id, {} AS sender FROM r \
            JOIN inbox i ON i.user_id = r.user_id \
            WHERE i.seq > r.lo AND i.seq <= r.hi AND (i.receipt_to IS NULL OR i.receipt_to <> 0)) \
          WHERE sender IS NOT NULL",
-        sql::values(ranges, 4),
+        sql::values(acks, 3),
         numbered_covered_sender(conv, content)
     )
 }
@@ -395,12 +436,11 @@ pub fn ack_sql(rows: usize) -> String {
     )
 }
 
-/// The part of a device's inbox one acknowledgement newly covers: `(old, new]`.
+/// A device's cursor as one acknowledgement moves it: to `new`.
 #[derive(Debug, Clone, Copy)]
 struct AckRange {
     user: i64,
     device: i64,
-    old: i64,
     new: i64,
 }
 
@@ -469,13 +509,6 @@ impl AckQueue {
     }
 }
 
-/// The part of the inbox an acknowledgement newly covers: `(old, new]`, with
-/// the ack clamped to the newest message; `None` when it covers nothing new.
-pub fn ack_range(old: i64, ack: u64, max: i64) -> Option<(i64, i64)> {
-    let new = (ack.min(i64::MAX as u64) as i64).min(max);
-    (new > old).then_some((old, new))
-}
-
 /// One DELIVERED receipt message per original sender for the messages
 /// `reader`'s `device` newly holds (`(msg_id, sender)` pairs).
 pub fn receipt_messages(reader: i64, device: i32, newly: Vec<(i64, i64)>) -> Vec<NewMessage> {
@@ -535,15 +568,6 @@ mod tests {
             newest_per_device(&batch),
             vec![a(1, 1, 9), a(1, 2, 3), a(2, 1, 1)]
         );
-    }
-
-    #[test]
-    fn ack_ranges() {
-        assert_eq!(ack_range(0, 5, 10), Some((0, 5)));
-        assert_eq!(ack_range(3, 50, 10), Some((3, 10)), "clamped to the newest");
-        assert_eq!(ack_range(5, 5, 10), None, "nothing new");
-        assert_eq!(ack_range(7, 5, 10), None, "never back");
-        assert_eq!(ack_range(0, u64::MAX, 4), Some((0, 4)));
     }
 
     #[test]

@@ -1,0 +1,124 @@
+//! How many trips to sqlx's worker thread a single-node writer's batch
+//! takes. Every query on a SQLite connection is a trip there and back (two
+//! thread switches), which cost the single node more CPU than SQLite's own
+//! work (docs/benchmarks.md, "Findings"). sqlx logs each query it runs,
+//! on that thread, under the target `sqlx::query`: this binary counts
+//! those events with a process-wide subscriber, so it holds one test.
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use im_logic::store::receipts::DeviceAck;
+use im_logic::store::{NewMessage, SendPolicy, Store, WriterConn};
+use im_proto::client::{ConversationType, Receipt};
+use im_proto::prost::Message as _;
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Metadata, Subscriber};
+
+static QUERIES: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts `sqlx::query` events, whichever thread logs them.
+struct CountQueries;
+
+impl Subscriber for CountQueries {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.target() == "sqlx::query"
+    }
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        if event.metadata().target() == "sqlx::query" {
+            QUERIES.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+fn c2c(sender: i64, to: i64, id: &str) -> NewMessage {
+    NewMessage {
+        sender,
+        client_msg_id: id.into(),
+        conv_type: ConversationType::C2c,
+        target: to,
+        content_type: 1,
+        body: Bytes::from_static(b"hi"),
+        recipients: vec![to],
+        policy: SendPolicy::C2c {
+            friends_only: false,
+        },
+    }
+}
+
+/// The batch of `c2c-latency`'s steady state: one-to-one messages under
+/// the block check, with the acks of the batch before, whose receipts
+/// are stored and whose cursors move. Five queries: ranges and covered
+/// entries; receipts and cursors; users and blocks; messages; sequences
+/// and inbox rows (`BEGIN` and `COMMIT` are not queries). Nine before they
+/// were folded.
+#[tokio::test]
+async fn a_steady_sqlite_batch_takes_five_queries() {
+    tracing::subscriber::set_global_default(CountQueries).expect("the only subscriber");
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+    let store = Store::connect(&url, 4).await.unwrap();
+    store.migrate().await.unwrap();
+    let mut users = Vec::new();
+    for i in 0..6 {
+        users.push(store.create_user(&format!("u{i}"), "h", 0).await.unwrap());
+    }
+    let pairs: Vec<(i64, i64)> = users.chunks(2).map(|p| (p[0], p[1])).collect();
+    let mut held = WriterConn::default();
+    let batch = |round: usize| -> Vec<NewMessage> {
+        pairs
+            .iter()
+            .map(|&(a, b)| c2c(a, b, &format!("m{round}-{a}")))
+            .collect()
+    };
+    let (_, first) = store
+        .commit_with_acks_on(&mut held, batch(1), &[], 10)
+        .await
+        .unwrap();
+    let acks: Vec<DeviceAck> = first
+        .deliveries
+        .iter()
+        .filter(|d| pairs.iter().any(|&(_, b)| b == d.user))
+        .map(|d| DeviceAck {
+            user: d.user,
+            device: 1,
+            seq: d.message.seq,
+        })
+        .collect();
+    assert_eq!(acks.len(), 3);
+
+    let before = QUERIES.load(Ordering::SeqCst);
+    let (items, out) = store
+        .commit_with_acks_on(&mut held, batch(2), &acks, 20)
+        .await
+        .unwrap();
+    let queries = QUERIES.load(Ordering::SeqCst) - before;
+    assert_eq!(queries, 5, "queries for one steady batch");
+
+    // And it did everything: three messages stored, three receipts to their
+    // senders after them, every inbox in order.
+    assert_eq!(items.len(), 6);
+    assert!(out.results.iter().all(|r| r.is_ok()), "{:?}", out.results);
+    for &(a, b) in &pairs {
+        let mine: Vec<_> = out.deliveries.iter().filter(|d| d.user == a).collect();
+        // The sender's own copy of m2 (seq 2), then b's receipt (seq 3).
+        let seqs: Vec<u64> = mine.iter().map(|d| d.message.seq).collect();
+        assert_eq!(seqs, [2, 3], "user {a}");
+        let r = Receipt::decode(mine[1].message.body.clone()).unwrap();
+        assert_eq!(r.reader, b);
+        let theirs: Vec<u64> = out
+            .deliveries
+            .iter()
+            .filter(|d| d.user == b)
+            .map(|d| d.message.seq)
+            .collect();
+        assert_eq!(theirs, [2], "user {b}");
+        assert_eq!(store.cursor(b, 1).await.unwrap(), 1);
+    }
+}
