@@ -154,84 +154,20 @@ impl Store {
         Ok(newly)
     }
 
-    /// SQLite (no LATERAL, no data-modifying CTEs): the ranges and the
-    /// entries in them that want a receipt in one statement
-    /// ([`ranges_and_covered_sql`]), then the receipts and the cursors in
-    /// one query of two statements ([`receipts_and_cursors_sql`]) when the
-    /// receipts fit one statement. Every statement is a trip to the
-    /// connection's worker thread and back (two thread switches), which
-    /// cost the single node more than the statements themselves.
+    /// SQLite (no LATERAL, no data-modifying CTEs): one query of three
+    /// statements ([`sqlite_acks_sql`]) reads the covered entries that want
+    /// a receipt, records the receipts and moves the cursors. Every query is
+    /// a trip to the connection's worker thread and back (two thread
+    /// switches), which cost the single node more than the statements
+    /// themselves.
     async fn acks_step_by_step(
         &self,
         tx: &mut AnyConnection,
         acks: &[DeviceAck],
         now_ms: u64,
     ) -> Result<NewlyReceipted, StoreError> {
-        let (ranges, covered) = self.ranges_and_covered(tx, acks).await?;
-        if ranges.is_empty() {
-            return Ok(NewlyReceipted::new());
-        }
-        let sender_of: HashMap<i64, i64> = covered.iter().map(|c| (c.msg_id, c.sender)).collect();
-        let per_statement = sql::rows_per_statement(tx, 5);
-        let (last, earlier) = if covered.len() <= per_statement {
-            (&covered[..], &[][..])
-        } else {
-            (&[][..], &covered[..])
-        };
-        let mut inserted = Vec::new();
-        for chunk in earlier.chunks(per_statement) {
-            let n = sql::padded_len(chunk.len());
-            let q = sql::cached(("receipts", n, 0), || receipts_sql(n, 1));
-            let query = bind_receipts(sqlx::query(q), chunk, now_ms);
-            inserted.extend(query.fetch_all(&mut *tx).await?);
-        }
-        // The cursors ride with the last receipts (acks come in chunks of
-        // at most `rows_for(Sqlite, 4)` devices: one statement's worth).
-        let (c, r) = (
-            if last.is_empty() {
-                0
-            } else {
-                sql::padded_len(last.len())
-            },
-            sql::padded_len(ranges.len()),
-        );
-        let q = sql::cached(("receipts and cursors", c, r), || {
-            receipts_and_cursors_sql(c, r)
-        });
-        let mut query = bind_receipts(sqlx::query(q), last, now_ms);
-        for x in &ranges {
-            query = query
-                .bind(x.user)
-                .bind(x.device)
-                .bind(x.new)
-                .bind(now_ms as i64);
-        }
-        let query = sql::bind_null_rows(query, ranges.len(), 4);
-        inserted.extend(query.fetch_all(&mut *tx).await?);
-
-        let mut newly = NewlyReceipted::new();
-        for row in inserted {
-            let (msg_id, user, device): (i64, i64, i64) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            if let Some(s) = sender_of.get(&msg_id) {
-                newly.entry((user, device)).or_default().push((msg_id, *s));
-            }
-        }
-        Ok(newly)
-    }
-
-    /// SQLite: the inbox range each acknowledgement newly covers (acks that
-    /// cover nothing new are left out) and the entries in those ranges that
-    /// want a DELIVERED receipt; one round trip.
-    async fn ranges_and_covered(
-        &self,
-        tx: &mut AnyConnection,
-        acks: &[DeviceAck],
-    ) -> Result<(Vec<AckRange>, Vec<Covered>), StoreError> {
         let n = sql::padded_len(acks.len());
-        let mut query = sqlx::query(sql::cached(("ranges and covered", n, 0), || {
-            ranges_and_covered_sql(n)
-        }));
+        let mut query = sqlx::query(sql::cached(("sqlite acks", n, 0), || sqlite_acks_sql(n)));
         for a in acks {
             query = query
                 .bind(a.user)
@@ -240,114 +176,70 @@ impl Store {
         }
         let query = sql::bind_null_rows(query, acks.len(), 3)
             .bind(ConversationType::C2c as i64)
-            .bind(i64::from(SYSTEM_CONTENT_MIN));
-        let (mut ranges, mut covered) = (Vec::new(), Vec::new());
+            .bind(i64::from(SYSTEM_CONTENT_MIN))
+            .bind(ReceiptKind::Delivered as i64)
+            .bind(now_ms as i64);
+        let mut sender_of: HashMap<i64, i64> = HashMap::new();
+        let mut newly = NewlyReceipted::new();
+        // The covered entries come first, then the receipts inserted now.
         for row in query.fetch_all(&mut *tx).await? {
             let (kind, user, device): (i64, i64, i64) =
                 (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            let (a, b): (i64, i64) = (row.try_get(3)?, row.try_get(4)?);
+            let (msg_id, sender): (i64, i64) = (row.try_get(3)?, row.try_get(4)?);
             if kind == 0 {
-                ranges.push(AckRange {
-                    user,
-                    device,
-                    new: b,
-                });
-            } else {
-                covered.push(Covered {
-                    user,
-                    device,
-                    msg_id: a,
-                    sender: b,
-                });
+                sender_of.insert(msg_id, sender);
+            } else if let Some(s) = sender_of.get(&msg_id) {
+                newly.entry((user, device)).or_default().push((msg_id, *s));
             }
         }
-        Ok((ranges, covered))
+        Ok(newly)
     }
 }
 
-/// An inbox entry an acknowledgement newly covers that wants a DELIVERED
-/// receipt to `sender`.
-struct Covered {
-    user: i64,
-    device: i64,
-    msg_id: i64,
-    sender: i64,
-}
-
-/// Binds `rows` receipts (then NULL rows to the padded length) for
-/// [`receipts_sql`].
-fn bind_receipts<'q>(
-    mut query: sql::AnyQuery<'q>,
-    rows: &[Covered],
-    now_ms: u64,
-) -> sql::AnyQuery<'q> {
-    for c in rows {
-        query = query
-            .bind(c.msg_id)
-            .bind(c.user)
-            .bind(c.device)
-            .bind(ReceiptKind::Delivered as i64)
-            .bind(now_ms as i64);
-    }
-    if rows.is_empty() {
-        return query;
-    }
-    sql::bind_null_rows(query, rows.len(), 5)
-}
-
-/// SQLite: DELIVERED receipts, `rows` rows of (msg_id, user, device,
-/// kind, time) from `$start`, each (message, device) once; returns the
-/// new ones as (msg_id, user, device).
-fn receipts_sql(rows: usize, start: usize) -> String {
-    format!(
-        "INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) {} \
-         ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device",
-        sql::padded_values_from(rows, 5, start)
-    )
-}
-
-/// SQLite: [`receipts_sql`] for `receipts` rows (none: left out), then
-/// in the same query the device cursors, `cursors` rows of (user, device,
-/// acked sequence, time), each moved only forward.
-fn receipts_and_cursors_sql(receipts: usize, cursors: usize) -> String {
-    let moved = format!(
-        "INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) {} \
-         ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
-         updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
-        sql::padded_values_from(cursors, 4, receipts * 5 + 1)
-    );
-    if receipts == 0 {
-        return moved;
-    }
-    format!("{}; {moved}", receipts_sql(receipts, 1))
-}
-
-/// SQLite: for `acks` acknowledgements (bound as user, device, sequence,
-/// NULL rows for none, then the c2c conversation type and the first
-/// system content type), the range each newly covers as (0, user, device,
-/// old cursor, new cursor) rows, clamped to the user's newest sequence,
-/// then the entries in those ranges that want a DELIVERED receipt as (1,
-/// user, device, msg_id, sender) rows: their `receipt_to` (migration 0007)
-/// says so; entries written before it (NULL there) are decided from their
-/// message ([`covered_sender!`]). SQLite reads each range by the inbox's
-/// primary key; Postgres does this step inside [`ack_sql`] (or
+/// SQLite: `acks` acknowledgements (bound as user, device, sequence, NULL
+/// rows for none, then the c2c conversation type, the first system content
+/// type, the DELIVERED kind and the time) in three statements, each over
+/// the range every ack newly covers (from the device's cursor to the ack,
+/// clamped to the user's newest sequence):
+/// 1. the entries in those ranges that want a DELIVERED receipt, as (0,
+///    user, device, msg_id, sender) rows: their `receipt_to` (migration
+///    0007) says so; entries written before it (NULL there) are decided
+///    from their message ([`covered_sender!`]);
+/// 2. their receipts, each (message, device) once, the new ones returned
+///    as (1, user, device, msg_id, 0) rows;
+/// 3. the cursors, moved only forward.
+///
+/// sqlx binds `$N` by number in every statement of a query, and each
+/// statement sees what the one before it wrote. SQLite reads each range by
+/// the inbox's primary key; Postgres does all this in [`ack_sql`] (or
 /// [`super::pg_batch::BATCH_SQL`]).
-pub fn ranges_and_covered_sql(acks: usize) -> String {
+pub fn sqlite_acks_sql(acks: usize) -> String {
     let (conv, content) = (acks * 3 + 1, acks * 3 + 2);
-    format!(
+    let (kind, now) = (acks * 3 + 3, acks * 3 + 4);
+    let ranges = format!(
         "WITH a (user_id, device, ack) AS (VALUES {}), \
          r AS (SELECT a.user_id, a.device, COALESCE(c.acked_seq, 0) AS lo, \
              MIN(a.ack, s.seq) AS hi FROM a JOIN user_seq s ON s.user_id = a.user_id \
            LEFT JOIN device_cursors c ON c.user_id = a.user_id AND c.device = a.device \
-           WHERE MIN(a.ack, s.seq) > COALESCE(c.acked_seq, 0)) \
-         SELECT 0, user_id, device, lo, hi FROM r \
-         UNION ALL \
-         SELECT * FROM (SELECT 1, r.user_id, r.device, i.msg_id, {} AS sender FROM r \
-           JOIN inbox i ON i.user_id = r.user_id \
-           WHERE i.seq > r.lo AND i.seq <= r.hi AND (i.receipt_to IS NULL OR i.receipt_to <> 0)) \
-         WHERE sender IS NOT NULL",
-        sql::values(acks, 3),
+           WHERE MIN(a.ack, s.seq) > COALESCE(c.acked_seq, 0))",
+        sql::values(acks, 3)
+    );
+    let covered = format!(
+        "{ranges}, c AS (SELECT * FROM (SELECT r.user_id, r.device, i.msg_id, {} AS sender \
+           FROM r JOIN inbox i ON i.user_id = r.user_id \
+           WHERE i.seq > r.lo AND i.seq <= r.hi \
+           AND (i.receipt_to IS NULL OR i.receipt_to <> 0)) WHERE sender IS NOT NULL)",
         numbered_covered_sender(conv, content)
+    );
+    format!(
+        "{covered} SELECT 0, user_id, device, msg_id, sender FROM c; \
+         {covered} INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
+           SELECT msg_id, user_id, device, ${kind}, ${now} FROM c WHERE true \
+           ON CONFLICT DO NOTHING RETURNING 1, user_id, device, msg_id, 0; \
+         {ranges} INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) \
+           SELECT user_id, device, hi, ${now} FROM r WHERE true \
+           ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
+           updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq"
     )
 }
 
@@ -434,14 +326,6 @@ pub fn ack_sql(rows: usize) -> String {
         values = sql::values(rows, 3),
         sender = numbered_covered_sender(conv, content)
     )
-}
-
-/// A device's cursor as one acknowledgement moves it: to `new`.
-#[derive(Debug, Clone, Copy)]
-struct AckRange {
-    user: i64,
-    device: i64,
-    new: i64,
 }
 
 /// Keeps the highest ack per (user, device), in first-seen order.

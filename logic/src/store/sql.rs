@@ -91,14 +91,9 @@ pub fn values_from(rows: usize, cols: usize, start: usize) -> String {
 /// NULL rows to the padded length (see [`padded_ids`] for why). Both
 /// backends name the columns of a VALUES list `column1`, `column2`, ...
 pub fn padded_values(rows: usize, cols: usize) -> String {
-    padded_values_from(rows, cols, 1)
-}
-
-/// [`padded_values`] with the first placeholder `$start`.
-pub fn padded_values_from(rows: usize, cols: usize, start: usize) -> String {
     format!(
         "SELECT * FROM (VALUES {}) AS v WHERE v.column1 IS NOT NULL",
-        values_from(padded_len(rows), cols, start)
+        values(padded_len(rows), cols)
     )
 }
 
