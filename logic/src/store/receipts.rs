@@ -89,10 +89,9 @@ impl Store {
         .await
     }
 
-    /// Every acknowledgement of a batch in a fixed number of statements per
-    /// chunk of devices (one per 512 on Postgres, four per 64 on SQLite): read sequences and
-    /// cursors, find the newly covered messages, record receipts, move
-    /// cursors. Returns the receipt messages to store, in the acks' order.
+    /// Every acknowledgement of a batch in one query per chunk of devices
+    /// (512 on Postgres, 64 on SQLite): read sequences and cursors, find
+    /// the newly covered messages, record receipts, move cursors. Returns the receipt messages to store, in the acks' order.
     /// (Postgres batches of the usual size do this inside their one
     /// statement instead, [`super::pg_batch`].)
     async fn apply_acks(
@@ -103,12 +102,13 @@ impl Store {
     ) -> Result<Vec<NewMessage>, StoreError> {
         let acks = newest_per_device(acks);
         let mut receipts = Vec::new();
-        // The SQLite range query binds four parameters per ack.
+        // SQLite's query binds three parameters per ack and four more
+        // (at most 196 with 64 acks: see `sql::SQLITE_MAX_PARAMS`).
         let rows = sql::rows_for(self.backend(), 4);
         for chunk in acks.chunks(rows) {
             let mut newly = match self.backend() {
                 super::Backend::Postgres => self.acks_in_one_statement(tx, chunk, now_ms).await?,
-                super::Backend::Sqlite => self.acks_step_by_step(tx, chunk, now_ms).await?,
+                super::Backend::Sqlite => self.acks_in_one_query(tx, chunk, now_ms).await?,
             };
             // One ack per device (above), so each entry is taken once.
             for a in chunk {
@@ -160,7 +160,7 @@ impl Store {
     /// a trip to the connection's worker thread and back (two thread
     /// switches), which cost the single node more than the statements
     /// themselves.
-    async fn acks_step_by_step(
+    async fn acks_in_one_query(
         &self,
         tx: &mut AnyConnection,
         acks: &[DeviceAck],
