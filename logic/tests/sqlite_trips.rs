@@ -4,15 +4,20 @@
 //! work (docs/benchmarks.md, "Findings"). sqlx logs each query it runs,
 //! on that thread, under the target `sqlx::query`: this binary counts
 //! those events with a process-wide subscriber, so it holds one test.
+mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use im_logic::store::receipts::DeviceAck;
-use im_logic::store::{NewMessage, SendPolicy, Store, WriterConn};
-use im_proto::client::{ConversationType, Receipt};
+use im_logic::store::{NewMessage, SendPolicy, WriterConn};
+use im_proto::client::Receipt;
 use im_proto::prost::Message as _;
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
+
+/// The one-to-one policy (the block check), as gateways send c2c.
+const C2C: SendPolicy = SendPolicy::C2c {
+    friends_only: false,
+};
 
 static QUERIES: AtomicUsize = AtomicUsize::new(0);
 
@@ -37,21 +42,6 @@ impl Subscriber for CountQueries {
     fn exit(&self, _: &Id) {}
 }
 
-fn c2c(sender: i64, to: i64, id: &str) -> NewMessage {
-    NewMessage {
-        sender,
-        client_msg_id: id.into(),
-        conv_type: ConversationType::C2c,
-        target: to,
-        content_type: 1,
-        body: Bytes::from_static(b"hi"),
-        recipients: vec![to],
-        policy: SendPolicy::C2c {
-            friends_only: false,
-        },
-    }
-}
-
 /// The batch of `c2c-latency`'s steady state: one-to-one messages under
 /// the block check, with the acks of the batch before, whose receipts
 /// are stored and whose cursors move. Four queries: the acks (covered
@@ -61,10 +51,7 @@ fn c2c(sender: i64, to: i64, id: &str) -> NewMessage {
 #[tokio::test]
 async fn a_steady_sqlite_batch_takes_four_queries() {
     tracing::subscriber::set_global_default(CountQueries).expect("the only subscriber");
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
-    let store = Store::connect(&url, 4).await.unwrap();
-    store.migrate().await.unwrap();
+    let (store, _dir) = common::sqlite().await;
     let mut users = Vec::new();
     for i in 0..6 {
         users.push(store.create_user(&format!("u{i}"), "h", 0).await.unwrap());
@@ -74,7 +61,7 @@ async fn a_steady_sqlite_batch_takes_four_queries() {
     let batch = |round: usize| -> Vec<NewMessage> {
         pairs
             .iter()
-            .map(|&(a, b)| c2c(a, b, &format!("m{round}-{a}")))
+            .map(|&(a, b)| common::c2c(a, b, &format!("m{round}-{a}"), C2C))
             .collect()
     };
     let (_, first) = store

@@ -2,7 +2,6 @@
 //! same assertions must hold on each.
 mod common;
 
-use bytes::Bytes;
 use im_common::api::ApiError;
 use im_logic::store::receipts::DeviceAck;
 use im_logic::store::{NewMessage, SendPolicy, Store, WriterConn};
@@ -36,16 +35,7 @@ on_both_backends! {
 }
 
 fn msg(sender: i64, to: i64, id: &str) -> NewMessage {
-    NewMessage {
-        sender,
-        client_msg_id: id.into(),
-        conv_type: ConversationType::C2c,
-        target: to,
-        content_type: 1,
-        body: Bytes::from(format!("body {id}")),
-        recipients: vec![to],
-        policy: SendPolicy::Unchecked,
-    }
+    common::c2c(sender, to, id, SendPolicy::Unchecked)
 }
 
 async fn exercise(store: &Store) {

@@ -1,5 +1,23 @@
-//! Stores for the backend-parity tests: a SQLite file and a fresh Postgres database.
-use im_logic::store::Store;
+//! Stores for the backend-parity tests: a SQLite file and a fresh Postgres
+//! database; and their messages. Each test binary uses part of it.
+#![allow(dead_code)]
+use bytes::Bytes;
+use im_logic::store::{NewMessage, SendPolicy, Store};
+use im_proto::client::ConversationType;
+
+/// A one-to-one message from `sender` to `to` with client id `id`.
+pub fn c2c(sender: i64, to: i64, id: &str, policy: SendPolicy) -> NewMessage {
+    NewMessage {
+        sender,
+        client_msg_id: id.into(),
+        conv_type: ConversationType::C2c,
+        target: to,
+        content_type: 1,
+        body: Bytes::from(format!("body {id}")),
+        recipients: vec![to],
+        policy,
+    }
+}
 
 pub async fn sqlite() -> (Store, tempfile::TempDir) {
     let (store, dir) = sqlite_unmigrated().await;
