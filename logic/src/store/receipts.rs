@@ -91,9 +91,10 @@ impl Store {
 
     /// Every acknowledgement of a batch in one query per chunk of devices
     /// (512 on Postgres, 64 on SQLite): read sequences and cursors, find
-    /// the newly covered messages, record receipts, move cursors. Returns the receipt messages to store, in the acks' order.
-    /// (Postgres batches of the usual size do this inside their one
-    /// statement instead, [`super::pg_batch`].)
+    /// the newly covered messages, record receipts, move cursors. Returns
+    /// the receipt messages to store, in the acks' order. (Postgres batches
+    /// of the usual size do this inside their one statement instead,
+    /// [`super::pg_batch`].)
     async fn apply_acks(
         &self,
         tx: &mut AnyConnection,
@@ -102,8 +103,8 @@ impl Store {
     ) -> Result<Vec<NewMessage>, StoreError> {
         let acks = newest_per_device(acks);
         let mut receipts = Vec::new();
-        // SQLite's query binds three parameters per ack and four more
-        // (at most 196 with 64 acks: see `sql::SQLITE_MAX_PARAMS`).
+        // SQLite's statements bind three parameters per ack and four more
+        // (at most 196 each with 64 acks: see `sql::SQLITE_MAX_PARAMS`).
         let rows = sql::rows_for(self.backend(), 4);
         for chunk in acks.chunks(rows) {
             let mut newly = match self.backend() {
