@@ -768,8 +768,9 @@ pub(super) async fn insert_messages(
     now_ms: u64,
 ) -> Result<HashMap<(i64, String), i64>, StoreError> {
     let mut inserted = HashMap::with_capacity(items.len());
-    for chunk in items.chunks(sql::rows_per_statement(tx, 7)) {
-        let q = sql::cached(("insert messages", sql::padded_len(chunk.len()), 0), || {
+    for chunk in items.chunks(sql::rows_per_insert(tx, 7)) {
+        let key = ("insert messages", sql::padded_len(chunk.len()), 0);
+        let q = sql::cached_insert(tx, key, || {
             format!(
                 "INSERT INTO messages (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
                  {} ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id, sender, client_msg_id",
@@ -811,8 +812,8 @@ pub(super) async fn insert_entries<const N: usize>(
     target: &'static str,
     rows: &[[Option<i64>; N]],
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(sql::rows_per_statement(tx, N)) {
-        let q = sql::cached((target, sql::padded_len(chunk.len()), 0), || {
+    for chunk in rows.chunks(sql::rows_per_insert(tx, N)) {
+        let q = sql::cached_insert(tx, (target, sql::padded_len(chunk.len()), 0), || {
             format!(
                 "INSERT INTO {target} {}",
                 sql::padded_values(chunk.len(), N)

@@ -19,12 +19,7 @@ pub const SQLITE_MAX_PARAMS: usize = 256;
 /// power of two (so padding adds nothing), at most [`MAX_ROWS_PER_INSERT`],
 /// and on SQLite at most [`SQLITE_MAX_PARAMS`] parameters.
 pub fn rows_per_statement(conn: &sqlx::AnyConnection, cols: usize) -> usize {
-    let backend = if conn.backend_name().eq_ignore_ascii_case("sqlite") {
-        super::Backend::Sqlite
-    } else {
-        super::Backend::Postgres
-    };
-    rows_for(backend, cols)
+    rows_for(backend_of(conn), cols)
 }
 
 /// [`rows_per_statement`] for a backend.
@@ -129,6 +124,80 @@ pub fn cached(key: ShapeKey, build: impl FnOnce() -> String) -> &'static str {
         .or_insert(text)
 }
 
+/// Rows of `cols` parameters per multi-row INSERT built with
+/// [`cached_insert`]: on SQLite its placeholders are anonymous, which
+/// sqlx binds in one pass, so it takes [`MAX_ROWS_PER_INSERT`] rows like
+/// Postgres (at most [`SQLITE_MAX_ANONYMOUS_PARAMS`] parameters) instead
+/// of [`SQLITE_MAX_PARAMS`]: fewer statements, each a trip to the
+/// connection's worker thread.
+pub fn rows_per_insert(conn: &sqlx::AnyConnection, cols: usize) -> usize {
+    if backend_of(conn) == super::Backend::Postgres {
+        return MAX_ROWS_PER_INSERT;
+    }
+    let fit = (SQLITE_MAX_ANONYMOUS_PARAMS / cols.max(1)).clamp(1, MAX_ROWS_PER_INSERT);
+    1 << (usize::BITS - 1 - fit.leading_zeros())
+}
+
+/// Most anonymous parameters in one SQLite statement (SQLite allows 32,766).
+pub const SQLITE_MAX_ANONYMOUS_PARAMS: usize = 4096;
+
+/// [`cached`] for a multi-row INSERT run on `conn`, whose `$1, $2, …`
+/// appear once each and in order: on SQLite they become anonymous `?`.
+/// sqlx binds a SQLite parameter by asking its name, which scans the
+/// statement's named parameters (see [`SQLITE_MAX_PARAMS`]); anonymous
+/// ones have none to scan.
+pub fn cached_insert(
+    conn: &sqlx::AnyConnection,
+    key: ShapeKey,
+    build: impl FnOnce() -> String,
+) -> &'static str {
+    if backend_of(conn) == super::Backend::Postgres {
+        return cached(key, build);
+    }
+    static SQLITE: OnceLock<Mutex<HashMap<ShapeKey, &'static str>>> = OnceLock::new();
+    let shapes = SQLITE.get_or_init(Default::default);
+    if let Some(s) = shapes.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return s;
+    }
+    let text = build();
+    let text: &'static str = Box::leak(anonymous(&text).unwrap_or(text).into_boxed_str());
+    shapes
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(key)
+        .or_insert(text)
+}
+
+/// `sql` with `$1, $2, …` written as `?`, when they appear once each and
+/// in order (an anonymous parameter takes the next value); `None` when not.
+pub fn anonymous(sql: &str) -> Option<String> {
+    let mut out = String::with_capacity(sql.len());
+    let mut next = 1;
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - at - 1);
+        if rest[at + 1..at + 1 + digits].parse::<usize>().ok()? != next {
+            return None;
+        }
+        out.push('?');
+        next += 1;
+        rest = &rest[at + 1 + digits..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn backend_of(conn: &sqlx::AnyConnection) -> super::Backend {
+    if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+        super::Backend::Sqlite
+    } else {
+        super::Backend::Postgres
+    }
+}
+
 /// A statement's name and the sizes its text depends on.
 pub type ShapeKey = (&'static str, usize, usize);
 
@@ -171,6 +240,29 @@ mod tests {
             super::cached(("test", 2, 2), || "SELECT 2".into()),
             "SELECT 2"
         );
+    }
+
+    #[test]
+    fn placeholders_in_order_become_anonymous() {
+        let insert = format!("INSERT INTO t {} RETURNING id", super::padded_values(3, 2));
+        assert_eq!(
+            super::anonymous(&insert).unwrap(),
+            "INSERT INTO t SELECT * FROM (VALUES (?, ?), (?, ?), (?, ?), (?, ?)) AS v \
+             WHERE v.column1 IS NOT NULL RETURNING id"
+        );
+        assert_eq!(super::anonymous("SELECT 1").unwrap(), "SELECT 1");
+        assert_eq!(super::anonymous("SELECT $1, $10").as_deref(), None, "a gap");
+        assert_eq!(
+            super::anonymous("SELECT $2, $1").as_deref(),
+            None,
+            "out of order"
+        );
+        assert_eq!(
+            super::anonymous("SELECT $1, $1").as_deref(),
+            None,
+            "repeated"
+        );
+        assert_eq!(super::anonymous("SELECT $").as_deref(), None);
     }
 
     #[test]
