@@ -160,7 +160,10 @@ pub fn cached_insert(
         return s;
     }
     let text = build();
-    let text: &'static str = Box::leak(anonymous(&text).unwrap_or(text).into_boxed_str());
+    let anon = anonymous(&text);
+    // Named, a statement of `rows_per_insert` rows would bind slowly.
+    debug_assert!(anon.is_some(), "placeholders out of order: {text}");
+    let text: &'static str = Box::leak(anon.unwrap_or(text).into_boxed_str());
     shapes
         .lock()
         .unwrap_or_else(|p| p.into_inner())
