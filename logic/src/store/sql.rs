@@ -25,13 +25,17 @@ pub fn rows_per_statement(conn: &sqlx::AnyConnection, cols: usize) -> usize {
 /// [`rows_per_statement`] for a backend.
 pub fn rows_for(backend: super::Backend, cols: usize) -> usize {
     match backend {
-        super::Backend::Sqlite => {
-            let fit = (SQLITE_MAX_PARAMS / cols.max(1)).max(1);
-            // The largest power of two that fits.
-            1 << (usize::BITS - 1 - fit.leading_zeros())
-        }
+        super::Backend::Sqlite => rows_within(SQLITE_MAX_PARAMS, cols),
         super::Backend::Postgres => MAX_ROWS_PER_INSERT,
     }
+}
+
+/// The most rows of `cols` parameters within `params`: a power of two, at
+/// least one, at most [`MAX_ROWS_PER_INSERT`].
+fn rows_within(params: usize, cols: usize) -> usize {
+    let fit = (params / cols.max(1)).clamp(1, MAX_ROWS_PER_INSERT);
+    // The largest power of two that fits.
+    1 << (usize::BITS - 1 - fit.leading_zeros())
 }
 
 /// Ids bound to an `IN (...)` list, padded by repeating the last one to a
@@ -111,8 +115,16 @@ pub fn bind_null_rows(mut query: AnyQuery<'_>, rows: usize, cols: usize) -> AnyQ
 /// writer thread's CPU. Shapes are few and bounded, so their texts live
 /// for the whole process.
 pub fn cached(key: ShapeKey, build: impl FnOnce() -> String) -> &'static str {
-    static SHAPES: OnceLock<Mutex<HashMap<ShapeKey, &'static str>>> = OnceLock::new();
-    let shapes = SHAPES.get_or_init(Default::default);
+    static SHAPES: Shapes = OnceLock::new();
+    intern(&SHAPES, key, build)
+}
+
+/// Statement texts by shape, kept for the whole process.
+type Shapes = OnceLock<Mutex<HashMap<ShapeKey, &'static str>>>;
+
+/// The text of `key` in `shapes`, built and kept the first time.
+fn intern(shapes: &Shapes, key: ShapeKey, build: impl FnOnce() -> String) -> &'static str {
+    let shapes = shapes.get_or_init(Default::default);
     if let Some(s) = shapes.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return s;
     }
@@ -131,11 +143,10 @@ pub fn cached(key: ShapeKey, build: impl FnOnce() -> String) -> &'static str {
 /// of [`SQLITE_MAX_PARAMS`]: fewer statements, each a trip to the
 /// connection's worker thread.
 pub fn rows_per_insert(conn: &sqlx::AnyConnection, cols: usize) -> usize {
-    if backend_of(conn) == super::Backend::Postgres {
-        return MAX_ROWS_PER_INSERT;
+    match backend_of(conn) {
+        super::Backend::Sqlite => rows_within(SQLITE_MAX_ANONYMOUS_PARAMS, cols),
+        super::Backend::Postgres => MAX_ROWS_PER_INSERT,
     }
-    let fit = (SQLITE_MAX_ANONYMOUS_PARAMS / cols.max(1)).clamp(1, MAX_ROWS_PER_INSERT);
-    1 << (usize::BITS - 1 - fit.leading_zeros())
 }
 
 /// Most anonymous parameters in one SQLite statement (SQLite allows 32,766).
@@ -154,21 +165,14 @@ pub fn cached_insert(
     if backend_of(conn) == super::Backend::Postgres {
         return cached(key, build);
     }
-    static SQLITE: OnceLock<Mutex<HashMap<ShapeKey, &'static str>>> = OnceLock::new();
-    let shapes = SQLITE.get_or_init(Default::default);
-    if let Some(s) = shapes.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return s;
-    }
-    let text = build();
-    let anon = anonymous(&text);
-    // Named, a statement of `rows_per_insert` rows would bind slowly.
-    debug_assert!(anon.is_some(), "placeholders out of order: {text}");
-    let text: &'static str = Box::leak(anon.unwrap_or(text).into_boxed_str());
-    shapes
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(key)
-        .or_insert(text)
+    static SQLITE: Shapes = OnceLock::new();
+    intern(&SQLITE, key, || {
+        let text = build();
+        let anon = anonymous(&text);
+        // Named, a statement of `rows_per_insert` rows would bind slowly.
+        debug_assert!(anon.is_some(), "placeholders out of order: {text}");
+        anon.unwrap_or(text)
+    })
 }
 
 /// `sql` with `$1, $2, …` written as `?`, when they appear once each and
