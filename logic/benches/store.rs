@@ -13,6 +13,9 @@
 //! store DELIVERED receipts. (The senders' acks of those receipts store
 //! none; the gateway defers them, see `ConnHandle::on_ack`.)
 //! `store_c2c_steady_sqlite` is the same on the single node's SQLite.
+//! After each Postgres steady batch size it prints the CPU time of every
+//! `postgres` process per message (from `/proc`): the database's work,
+//! apart from the round trips and waits that a batch's time also holds.
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -122,6 +125,7 @@ fn commit_steady(
     let mut g = c.benchmark_group(name);
     for size in STEADY_BATCHES {
         acks.borrow_mut().clear();
+        let (cpu_before, sent_before) = (server_cpu_secs(store), next.load(Ordering::Relaxed));
         g.throughput(Throughput::Elements(size as u64));
         g.bench_function(format!("batch_{size}"), |b| {
             b.iter(|| {
@@ -161,8 +165,45 @@ fn commit_steady(
                     .collect();
             })
         });
+        if let (Some(before), Some(after)) = (cpu_before, server_cpu_secs(store)) {
+            let sent = next.load(Ordering::Relaxed) - sent_before;
+            println!(
+                "{name}/batch_{size}: Postgres CPU {:.1} µs a message ({sent} messages with their receipts)",
+                (after - before) * 1e6 / sent.max(1) as f64
+            );
+        }
     }
     g.finish();
+}
+
+/// CPU seconds (user + system) of every `postgres` process on this
+/// machine, from `/proc` (Linux, the local server; `None` on SQLite or
+/// without `/proc`): the work a batch costs the database, which a batch's
+/// time mixes with round trips and the waits of a busy machine. The bench
+/// process and other clients of the server count only what they make it do.
+fn server_cpu_secs(store: &Store) -> Option<f64> {
+    if store.backend() != im_logic::store::Backend::Postgres {
+        return None;
+    }
+    let mut ticks = 0u64;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let path = entry.path();
+        let named_postgres =
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres");
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        // The fields after the command name (in parentheses): state is
+        // field 3, utime 14 and stime 15.
+        let fields: Vec<&str> = match stat.rfind(')') {
+            Some(i) if named_postgres => stat[i + 1..].split_whitespace().collect(),
+            _ => continue,
+        };
+        ticks += [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    // USER_HZ: 100 on every Linux we run on.
+    Some(ticks as f64 / 100.0)
 }
 
 fn store(c: &mut Criterion) {

@@ -42,10 +42,9 @@ use super::{Store, StoreError};
 /// the acknowledgements (user, device, sequence, and the start of the
 /// bodies of the receipts it produces: [`receipt_head`]), one per device.
 /// Then scalars: `$17` the time, `$18` the one-to-one conversation type,
-/// `$19` the DELIVERED kind, `$20` the receipt content type, `$21` the tag
-/// of `Receipt.msg_ids`
+/// `$19` the receipt content type, `$20` the tag of `Receipt.msg_ids`
 /// ([`MSG_IDS_TAG`]), which `im_packed_int64s` (migration 0005) appends,
-/// `$22` the first system content type (for entries without a
+/// `$21` the first system content type (for entries without a
 /// `receipt_to`).
 ///
 /// Rows are (kind, item, a, b, c, text, bytes):
@@ -59,16 +58,20 @@ use super::{Store, StoreError};
 ///   messages: `a` the reader, `b` the original sender, text and bytes its
 ///   client message id and body.
 ///
-/// As in the multi-statement path: each ack's newly covered range, read by
+/// As in the multi-statement path ([`super::receipts::ack_sql`]): each
+/// ack's cursor moved (never back) by an upsert that locks the cursors in
+/// (user, device) order and returns the range it newly covers, read from
+/// the newest version of the row, so that each range is taken once
+/// however many logic processes acknowledge for one device at a time; the
+/// range's entries that want a receipt, read by
 /// index (`LATERAL … OFFSET 0`: Postgres would rather hash-join a scan of
 /// the whole inbox once there are a few dozen ranges, and `OFFSET 0` keeps
-/// the planner from flattening the subquery back into a join), its entries
-/// that want a receipt (by their `receipt_to`, migration 0007; entries
-/// written before it, NULL there, by their message), receipts
-/// once per message and device, one receipt
-/// message per (device, original sender); every user the batch writes to
-/// locked in id order (a `FOR UPDATE` under `ORDER BY` locks in that
-/// order), so concurrent writers never deadlock; the policy read beside
+/// the planner from flattening the subquery back into a join), by their
+/// `receipt_to` (migration 0007; entries written before it, NULL there, by
+/// their message); one receipt message per (device, original sender);
+/// then every user the batch writes to locked in id order (a `FOR UPDATE`
+/// under `ORDER BY` locks in that order): cursors first and users after,
+/// each in one order, so concurrent writers never deadlock; the policy read beside
 /// the locks; inserts in batch order; sequences reserved per user and
 /// handed out in batch order. Data-modifying CTEs run once, whether or not
 /// the query reads them, and see nothing of each other but what they return.
@@ -77,41 +80,38 @@ pub const BATCH_SQL: &str = concat!(
 WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::bytea[]) \
       WITH ORDINALITY AS a (user_id, device, ack, head, o)), \
  r AS MATERIALIZED (\
-   SELECT a.o, a.user_id, a.device, a.head, COALESCE(c.acked_seq, 0) AS lo, LEAST(a.ack, s.seq) AS hi \
+   SELECT a.o, a.user_id, a.device, a.head, LEAST(a.ack, s.seq) AS hi \
    FROM a CROSS JOIN LATERAL (SELECT seq FROM user_seq WHERE user_id = a.user_id OFFSET 0) s \
    LEFT JOIN LATERAL (SELECT acked_seq FROM device_cursors \
      WHERE user_id = a.user_id AND device = a.device OFFSET 0) c ON true \
    WHERE LEAST(a.ack, s.seq) > COALESCE(c.acked_seq, 0)), \
  moved AS (\
-   INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) \
-   SELECT user_id, device, hi, $17 FROM r \
-   ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
-   updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq), \
+   INSERT INTO device_cursors (user_id, device, acked_seq, prev_seq, updated_at_ms) \
+   SELECT user_id, device, hi, 0, $17 FROM r ORDER BY user_id, device \
+   ON CONFLICT (user_id, device) DO UPDATE SET prev_seq = device_cursors.acked_seq, \
+   acked_seq = excluded.acked_seq, updated_at_ms = excluded.updated_at_ms \
+   WHERE device_cursors.acked_seq < excluded.acked_seq \
+   RETURNING user_id, device, prev_seq AS lo, acked_seq AS hi), \
  covered AS MATERIALIZED (\
-   SELECT r.o, r.user_id, r.device, r.head, c.id, c.sender FROM r CROSS JOIN LATERAL (\
+   SELECT r.o, r.user_id, r.device, r.head, c.id, c.sender \
+   FROM moved m JOIN r ON r.user_id = m.user_id AND r.device = m.device CROSS JOIN LATERAL (\
      SELECT i.msg_id AS id, ",
-    covered_sender!("$18", "$22"),
+    covered_sender!("$18", "$21"),
     " AS sender FROM inbox i \
-     WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
+     WHERE i.user_id = m.user_id AND i.seq > m.lo AND i.seq <= m.hi \
      AND (i.receipt_to IS NULL OR i.receipt_to <> 0) OFFSET 0) c \
    WHERE c.sender IS NOT NULL), \
- fresh AS (\
-   INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
-   SELECT id, user_id, device, $19, $17 FROM covered \
-   ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device), \
  rc AS MATERIALIZED (\
    SELECT COALESCE(cardinality($1::int8[]), 0) + row_number() OVER (ORDER BY g.o, g.sender) AS i, g.* FROM (\
-     SELECT c.o, c.user_id AS reader, c.device, c.head, c.sender, \
-            array_agg(f.msg_id ORDER BY f.msg_id) AS ids \
-     FROM fresh f JOIN covered c ON c.id = f.msg_id AND c.user_id = f.user_id AND c.device = f.device \
-     GROUP BY c.o, c.user_id, c.device, c.head, c.sender) g), \
+     SELECT o, user_id AS reader, device, head, sender, array_agg(id ORDER BY id) AS ids \
+     FROM covered GROUP BY o, user_id, device, head, sender) g), \
  items AS MATERIALIZED (\
    SELECT x.i, x.s, x.cmid, x.conv, x.tgt, x.ctype, x.body, x.pol \
    FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::bytea[], $7::int8[]) \
      WITH ORDINALITY AS x (s, cmid, conv, tgt, ctype, body, pol, i) \
    UNION ALL \
-   SELECT i, reader, 'dlv:' || device || ':' || ids[1] || ':' || ids[cardinality(ids)], $18, sender, $20, \
-          head || im_packed_int64s($21, ids), 0 FROM rc), \
+   SELECT i, reader, 'dlv:' || device || ':' || ids[1] || ':' || ids[cardinality(ids)], $18, sender, $19, \
+          head || im_packed_int64s($20, ids), 0 FROM rc), \
  rcpt AS (\
    SELECT x.i, x.u, x.o FROM unnest($8::int8[], $9::int8[]) WITH ORDINALITY AS x (i, u, o) \
    UNION ALL SELECT i, sender, 1 FROM rc), \
@@ -327,7 +327,6 @@ impl Store {
             .bind(acks.iter().map(receipt_head).collect::<Vec<Vec<u8>>>())
             .bind(now_ms as i64)
             .bind(ConversationType::C2c as i64)
-            .bind(ReceiptKind::Delivered as i64)
             .bind(SystemContentType::Receipt as i64)
             .bind(MSG_IDS_TAG)
             .bind(i64::from(SYSTEM_CONTENT_MIN))

@@ -1,5 +1,7 @@
 //! Device acknowledgements: cursors move forward and DELIVERED receipts are
-//! stored and sent, all in one transaction, each (message, device) once.
+//! stored and sent, all in one transaction, each (message, device) once:
+//! a cursor only moves forward, and each move's range is taken once (on
+//! Postgres by an upsert that locks the cursor, see [`ack_sql`]).
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -90,8 +92,8 @@ impl Store {
     }
 
     /// Every acknowledgement of a batch in one query per chunk of devices
-    /// (512 on Postgres, 64 on SQLite): read sequences and cursors, find
-    /// the newly covered messages, record receipts, move cursors. Returns
+    /// (512 on Postgres, 64 on SQLite): read sequences and cursors, move
+    /// the cursors, find the newly covered messages. Returns
     /// the receipt messages to store, in the acks' order. (Postgres batches
     /// of the usual size do this inside their one statement instead,
     /// [`super::pg_batch`].)
@@ -103,8 +105,9 @@ impl Store {
     ) -> Result<Vec<NewMessage>, StoreError> {
         let acks = newest_per_device(acks);
         let mut receipts = Vec::new();
-        // SQLite's statements bind three parameters per ack and four more
-        // (at most 196 each with 64 acks: see `sql::SQLITE_MAX_PARAMS`).
+        // SQLite's statements bind three parameters per ack and three more:
+        // counted as four per ack, 64 acks (at most 195 parameters each:
+        // see `sql::SQLITE_MAX_PARAMS`).
         let rows = sql::rows_for(self.backend(), 4);
         for chunk in acks.chunks(rows) {
             let mut newly = match self.backend() {
@@ -139,25 +142,15 @@ impl Store {
         let rows = sql::bind_null_rows(query, acks.len(), 3)
             .bind(now_ms as i64)
             .bind(ConversationType::C2c as i64)
-            .bind(ReceiptKind::Delivered as i64)
             .bind(i64::from(SYSTEM_CONTENT_MIN))
             .fetch_all(&mut *tx)
             .await?;
-        let mut newly = NewlyReceipted::new();
-        for row in rows {
-            let (user, device): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-            let (msg_id, sender): (i64, i64) = (row.try_get(2)?, row.try_get(3)?);
-            newly
-                .entry((user, device))
-                .or_default()
-                .push((msg_id, sender));
-        }
-        Ok(newly)
+        newly_receipted(&rows)
     }
 
-    /// SQLite (no LATERAL, no data-modifying CTEs): one query of three
+    /// SQLite (no LATERAL, no data-modifying CTEs): one query of two
     /// statements ([`sqlite_acks_sql`]) reads the covered entries that want
-    /// a receipt, records the receipts and moves the cursors. Every query is
+    /// a receipt and moves the cursors. Every query is
     /// a trip to the connection's worker thread and back (two thread
     /// switches), which cost the single node more than the statements
     /// themselves.
@@ -175,48 +168,34 @@ impl Store {
                 .bind(i64::from(a.device))
                 .bind(a.seq.min(i64::MAX as u64) as i64);
         }
-        let query = sql::bind_null_rows(query, acks.len(), 3)
+        let rows = sql::bind_null_rows(query, acks.len(), 3)
             .bind(ConversationType::C2c as i64)
             .bind(i64::from(SYSTEM_CONTENT_MIN))
-            .bind(ReceiptKind::Delivered as i64)
-            .bind(now_ms as i64);
-        let mut sender_of: HashMap<i64, i64> = HashMap::new();
-        let mut newly = NewlyReceipted::new();
-        // The covered entries come first, then the receipts inserted now.
-        for row in query.fetch_all(&mut *tx).await? {
-            let (kind, user, device): (i64, i64, i64) =
-                (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-            let (msg_id, sender): (i64, i64) = (row.try_get(3)?, row.try_get(4)?);
-            if kind == 0 {
-                sender_of.insert(msg_id, sender);
-            } else if let Some(s) = sender_of.get(&msg_id) {
-                newly.entry((user, device)).or_default().push((msg_id, *s));
-            }
-        }
-        Ok(newly)
+            .bind(now_ms as i64)
+            .fetch_all(&mut *tx)
+            .await?;
+        newly_receipted(&rows)
     }
 }
 
 /// SQLite: `acks` acknowledgements (bound as user, device, sequence, NULL
 /// rows for none, then the c2c conversation type, the first system content
-/// type, the DELIVERED kind and the time) in three statements, each over
-/// the range every ack newly covers (from the device's cursor to the ack,
-/// clamped to the user's newest sequence):
-/// 1. the entries in those ranges that want a DELIVERED receipt, as (0,
-///    user, device, msg_id, sender) rows: their `receipt_to` (migration
-///    0007) says so; entries written before it (NULL there) are decided
-///    from their message ([`covered_sender!`]);
-/// 2. their receipts, each (message, device) once, the new ones returned
-///    as (1, user, device, msg_id, 0) rows;
-/// 3. the cursors, moved only forward.
+/// type and the time) in two statements, each over the range every ack
+/// newly covers (from the device's cursor to the ack, clamped to the
+/// user's newest sequence):
+/// 1. the entries in those ranges that want a DELIVERED receipt, as (user,
+///    device, msg_id, sender) rows: their `receipt_to` (migration 0007)
+///    says so; entries written before it (NULL there) are decided from
+///    their message ([`covered_sender!`]);
+/// 2. the cursors, moved only forward.
 ///
-/// sqlx binds `$N` by number in every statement of a query, and each
-/// statement sees what the one before it wrote. SQLite reads each range by
-/// the inbox's primary key; Postgres does all this in [`ack_sql`] (or
-/// [`super::pg_batch::BATCH_SQL`]).
+/// The store's one writer at a time (`BEGIN IMMEDIATE`) takes each range
+/// once. sqlx binds `$N` by number in every statement of a query, and the
+/// second statement sees the cursors as the first read them. SQLite reads
+/// each range by the inbox's primary key; Postgres does all this in
+/// [`ack_sql`] (or [`super::pg_batch::BATCH_SQL`]).
 pub fn sqlite_acks_sql(acks: usize) -> String {
-    let (conv, content) = (acks * 3 + 1, acks * 3 + 2);
-    let (kind, now) = (acks * 3 + 3, acks * 3 + 4);
+    let (conv, content, now) = (acks * 3 + 1, acks * 3 + 2, acks * 3 + 3);
     let ranges = format!(
         "WITH a (user_id, device, ack) AS (VALUES {}), \
          r AS (SELECT a.user_id, a.device, COALESCE(c.acked_seq, 0) AS lo, \
@@ -225,22 +204,16 @@ pub fn sqlite_acks_sql(acks: usize) -> String {
            WHERE MIN(a.ack, s.seq) > COALESCE(c.acked_seq, 0))",
         sql::values(acks, 3)
     );
-    let covered = format!(
-        "{ranges}, c AS (SELECT * FROM (SELECT r.user_id, r.device, i.msg_id, {} AS sender \
+    format!(
+        "{ranges} SELECT * FROM (SELECT r.user_id, r.device, i.msg_id, {} AS sender \
            FROM r JOIN inbox i ON i.user_id = r.user_id \
            WHERE i.seq > r.lo AND i.seq <= r.hi \
-           AND (i.receipt_to IS NULL OR i.receipt_to <> 0)) WHERE sender IS NOT NULL)",
-        numbered_covered_sender(conv, content)
-    );
-    format!(
-        "{covered} SELECT 0, user_id, device, msg_id, sender FROM c; \
-         {covered} INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
-           SELECT msg_id, user_id, device, ${kind}, ${now} FROM c WHERE true \
-           ON CONFLICT DO NOTHING RETURNING 1, user_id, device, msg_id, 0; \
+           AND (i.receipt_to IS NULL OR i.receipt_to <> 0)) WHERE sender IS NOT NULL; \
          {ranges} INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) \
            SELECT user_id, device, hi, ${now} FROM r WHERE true \
            ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
-           updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq"
+           updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq",
+        numbered_covered_sender(conv, content)
     )
 }
 
@@ -276,11 +249,24 @@ fn numbered_covered_sender(conv: usize, content: usize) -> String {
 /// The newly receipted `(msg_id, sender)` pairs per (user, device).
 type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 
+/// [`NewlyReceipted`] from (user, device, msg_id, sender) rows.
+fn newly_receipted(rows: &[sqlx::any::AnyRow]) -> Result<NewlyReceipted, StoreError> {
+    let mut newly = NewlyReceipted::new();
+    for row in rows {
+        let (user, device): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let (msg_id, sender): (i64, i64) = (row.try_get(2)?, row.try_get(3)?);
+        newly
+            .entry((user, device))
+            .or_default()
+            .push((msg_id, sender));
+    }
+    Ok(newly)
+}
+
 /// Postgres: a batch of acknowledgements in one statement. Binds `rows`
 /// (user, device, ack) rows (NULL rows pad, see [`sql::padded_values`]),
-/// then the time, the c2c conversation type, the DELIVERED kind and the
-/// first system content type; returns the newly receipted (user, device,
-/// msg_id, sender) rows.
+/// then the time, the c2c conversation type and the first system content
+/// type; returns the newly receipted (user, device, msg_id, sender) rows.
 ///
 /// The content condition is bound, not the literal of the partial history
 /// indexes ([`super::history::USER_CONTENT`]): with the literal, a plan
@@ -289,41 +275,41 @@ type NewlyReceipted = HashMap<(i64, i64), Vec<(i64, i64)>>;
 /// as the tables grew (only entries written before migration 0007 read
 /// their message now, see [`covered_sender!`]).
 ///
-/// The same steps as the SQLite path, as CTEs: each ack's newly covered
-/// range `(cursor, min(ack, newest)]`; the cursor moved (never back); the
-/// entries in the range that want a receipt, each range read by index
-/// (`LATERAL … OFFSET 0`: Postgres would rather hash-join a scan of the
-/// whole inbox once there are a few dozen ranges, and `OFFSET 0` keeps the
-/// planner from flattening the subquery back into a join); their receipts inserted
-/// once per message and device. Data-modifying CTEs run exactly once
-/// whether or not the query reads them. Acks must be one per device
+/// The same steps as the SQLite path, as CTEs: each ack clamped to the
+/// user's newest sequence, and left out when the cursor is already there;
+/// the cursors moved (never back) by an upsert in (user, device) order,
+/// which locks each row and returns its previous position (`prev_seq`,
+/// migration 0008) and its new one, read from the newest version of the
+/// row: a device acknowledging through two logic processes at once
+/// (two connections of one device type on different gateways) has its
+/// ranges taken once, one after the other, where ranges read from the
+/// statement's snapshot could overlap; the entries in each range that
+/// want a receipt, each range read by index (`LATERAL … OFFSET 0`:
+/// Postgres would rather hash-join a scan of the whole inbox once there
+/// are a few dozen ranges, and `OFFSET 0` keeps the planner from
+/// flattening the subquery back into a join). Acks must be one per device
 /// ([`newest_per_device`]): an upsert may not touch a row twice.
 pub fn ack_sql(rows: usize) -> String {
-    let (now, conv, kind, content) = (rows * 3 + 1, rows * 3 + 2, rows * 3 + 3, rows * 3 + 4);
+    let (now, conv, content) = (rows * 3 + 1, rows * 3 + 2, rows * 3 + 3);
     format!(
         "WITH a (user_id, device, ack) AS (VALUES {values}), \
          r AS MATERIALIZED (\
-           SELECT a.user_id, a.device, COALESCE(c.acked_seq, 0) AS lo, LEAST(a.ack, s.seq) AS hi \
+           SELECT a.user_id, a.device, LEAST(a.ack, s.seq) AS hi \
            FROM a JOIN user_seq s ON s.user_id = a.user_id \
            LEFT JOIN device_cursors c ON c.user_id = a.user_id AND c.device = a.device \
            WHERE LEAST(a.ack, s.seq) > COALESCE(c.acked_seq, 0)), \
          moved AS (\
-           INSERT INTO device_cursors (user_id, device, acked_seq, updated_at_ms) \
-           SELECT user_id, device, hi, ${now} FROM r \
-           ON CONFLICT (user_id, device) DO UPDATE SET acked_seq = excluded.acked_seq, \
-           updated_at_ms = excluded.updated_at_ms WHERE device_cursors.acked_seq < excluded.acked_seq), \
-         covered AS MATERIALIZED (\
-           SELECT r.user_id, r.device, c.id, c.sender FROM r CROSS JOIN LATERAL (\
-             SELECT i.msg_id AS id, {sender} AS sender FROM inbox i \
-             WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
-             AND (i.receipt_to IS NULL OR i.receipt_to <> 0) OFFSET 0) c \
-           WHERE c.sender IS NOT NULL), \
-         fresh AS (\
-           INSERT INTO receipts (msg_id, user_id, device, kind, at_ms) \
-           SELECT id, user_id, device, ${kind}, ${now} FROM covered \
-           ON CONFLICT DO NOTHING RETURNING msg_id, user_id, device) \
-         SELECT f.user_id, f.device, f.msg_id, c.sender FROM fresh f \
-         JOIN covered c ON c.id = f.msg_id AND c.user_id = f.user_id AND c.device = f.device",
+           INSERT INTO device_cursors (user_id, device, acked_seq, prev_seq, updated_at_ms) \
+           SELECT user_id, device, hi, 0, ${now} FROM r ORDER BY user_id, device \
+           ON CONFLICT (user_id, device) DO UPDATE SET prev_seq = device_cursors.acked_seq, \
+           acked_seq = excluded.acked_seq, updated_at_ms = excluded.updated_at_ms \
+           WHERE device_cursors.acked_seq < excluded.acked_seq \
+           RETURNING user_id, device, prev_seq AS lo, acked_seq AS hi) \
+         SELECT r.user_id, r.device, c.id, c.sender FROM moved r CROSS JOIN LATERAL (\
+           SELECT i.msg_id AS id, {sender} AS sender FROM inbox i \
+           WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
+           AND (i.receipt_to IS NULL OR i.receipt_to <> 0) OFFSET 0) c \
+         WHERE c.sender IS NOT NULL",
         values = sql::values(rows, 3),
         sender = numbered_covered_sender(conv, content)
     )

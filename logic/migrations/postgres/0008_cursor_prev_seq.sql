@@ -1,0 +1,11 @@
+-- Where a device's cursor stood before its last move. An acknowledgement
+-- moves the cursor with an upsert that locks the row and returns this and
+-- the new position: the range it newly covers, read from the newest
+-- version of the row even when another logic process moved it meanwhile.
+-- Each range is taken once, so each message gets its DELIVERED receipt
+-- once per device without a row per receipt: `receipts` (0003) is no
+-- longer written (nothing reads it; its rows are kept). During a rolling
+-- upgrade a logic tier not yet upgraded still dedups through `receipts`,
+-- so a device acknowledging through an old and a new one at the same
+-- moment can get a receipt twice. Adding the column is instant.
+ALTER TABLE device_cursors ADD COLUMN prev_seq BIGINT NOT NULL DEFAULT 0;
