@@ -239,15 +239,17 @@ async fn messages_with_acks(store: &Store) {
 /// Two logic processes can apply acknowledgements of one device at the
 /// same moment (two connections of one device type on different
 /// gateways). Each covered message still gets its DELIVERED receipt once:
-/// here both writers' statements start before either commits (the first
+/// here both writers' transactions start before either commits (the first
 /// is held on a lock of the receipts' addressee), and the second takes
 /// only the range the first left, read from the cursor as the first
-/// committed it, not as its own snapshot saw it.
-#[tokio::test]
-async fn one_device_acked_by_two_writers_at_once_gets_each_receipt_once_on_postgres() {
-    let store = common::postgres("im_ack2").await;
+/// committed it, not as its own snapshot saw it. `filler` messages ride
+/// along: with more than a batch statement takes, the acks go through
+/// `ack_sql` in a transaction of several statements.
+async fn one_device_acked_by_two_writers_at_once(prefix: &str, filler: usize) {
+    let store = common::postgres(prefix).await;
     let a = store.create_user("ann", "h", 0).await.unwrap();
     let b = store.create_user("bob", "h", 0).await.unwrap();
+    let c = store.create_user("cid", "h", 0).await.unwrap();
     let batch: Vec<NewMessage> = (0..30).map(|i| msg(a, b, &format!("m{i}"))).collect();
     let sent = store.commit_batch(&batch, 1).await.unwrap();
     let ids: Vec<i64> = sent
@@ -270,7 +272,21 @@ async fn one_device_acked_by_two_writers_at_once_gets_each_receipt_once_on_postg
             device: 1,
             seq,
         };
-        tokio::spawn(async move { store.commit_acks(&[ack], now).await.unwrap() })
+        let items: Vec<NewMessage> = (0..filler)
+            .map(|i| msg(c, c, &format!("f{seq}-{i}")))
+            .collect();
+        tokio::spawn(async move {
+            let mut held = WriterConn::default();
+            let (items, out) = store
+                .commit_with_acks_on(&mut held, items, &[ack], now)
+                .await
+                .unwrap();
+            assert_eq!(items.len(), filler + 1, "the fillers and one receipt");
+            out.deliveries
+                .into_iter()
+                .filter(|d| d.item == filler)
+                .collect::<Vec<_>>()
+        })
     };
     let first = ack_to(20, 2);
     waiting_on_locks(&store, 1).await;
@@ -285,6 +301,16 @@ async fn one_device_acked_by_two_writers_at_once_gets_each_receipt_once_on_postg
     receipted.sort_unstable();
     assert_eq!(receipted, ids, "every message receipted once");
     assert_eq!(store.cursor(b, 1).await.unwrap(), 30);
+}
+
+#[tokio::test]
+async fn one_device_acked_by_two_writers_at_once_gets_each_receipt_once_on_postgres() {
+    one_device_acked_by_two_writers_at_once("im_ack2", 0).await;
+}
+
+#[tokio::test]
+async fn one_device_acked_by_two_writers_in_large_batches_gets_each_receipt_once_on_postgres() {
+    one_device_acked_by_two_writers_at_once("im_ack2l", 300).await;
 }
 
 /// Waits until `n` sessions of the store's database wait for a lock.
