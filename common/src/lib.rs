@@ -9,10 +9,12 @@
 //! - [`admin`]: `/metrics`, `/healthz` and `/readyz` as an axum router.
 //! - [`telemetry`]: tracing set-up (text or JSON, level from `RUST_LOG`).
 //! - [`shutdown`]: the one shutdown signal that every task listens to.
+//! - [`procstat`]: CPU time of processes from `/proc`, for the benchmarks.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod api;
+pub mod procstat;
 pub mod route;
 pub mod shutdown;
 pub mod telemetry;

@@ -177,33 +177,19 @@ fn commit_steady(
 }
 
 /// CPU seconds (user + system) of every `postgres` process on this
-/// machine, from `/proc` (Linux, the local server; `None` on SQLite or
-/// without `/proc`): the work a batch costs the database, which a batch's
-/// time mixes with round trips and the waits of a busy machine. The bench
-/// process and other clients of the server count only what they make it do.
+/// machine (the local server; `None` on SQLite): the work a batch costs
+/// the database, which a batch's time mixes with round trips and the
+/// waits of a busy machine. The bench process and other clients of the
+/// server count only what they make it do.
 fn server_cpu_secs(store: &Store) -> Option<f64> {
-    if store.backend() != im_logic::store::Backend::Postgres {
-        return None;
-    }
-    let mut ticks = 0u64;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let path = entry.path();
-        let named_postgres =
-            std::fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim() == "postgres");
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        // The fields after the command name (in parentheses): state is
-        // field 3, utime 14 and stime 15.
-        let fields: Vec<&str> = match stat.rfind(')') {
-            Some(i) if named_postgres => stat[i + 1..].split_whitespace().collect(),
-            _ => continue,
-        };
-        ticks += [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-            .sum::<u64>();
-    }
-    // USER_HZ: 100 on every Linux we run on.
-    Some(ticks as f64 / 100.0)
+    use im_common::procstat::{TICKS_PER_SEC, pids_named, stat_ticks};
+    (store.backend() == im_logic::store::Backend::Postgres).then(|| {
+        let ticks: u64 = pids_named("postgres")
+            .into_iter()
+            .map(|pid| stat_ticks(pid, false))
+            .sum();
+        ticks as f64 / TICKS_PER_SEC
+    })
 }
 
 fn store(c: &mut Criterion) {
