@@ -30,7 +30,9 @@ use super::messages::{
     BLOCKED_TEXT, BatchOutcome, Delivery, NOT_FRIENDS_TEXT, NewMessage, SendPolicy, SendResult,
     Stored, entry_message, final_results, first_copies, inbox_users, receipt_to, stored,
 };
-use super::receipts::{DeviceAck, covered_sender, newest_per_device, receipt_message};
+use super::receipts::{
+    DeviceAck, covered_sender, move_cursors, newest_per_device, receipt_message,
+};
 use super::{Store, StoreError};
 
 /// The batch statement. Binds, all arrays one element per row:
@@ -85,13 +87,9 @@ WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::byte
    LEFT JOIN LATERAL (SELECT acked_seq FROM device_cursors \
      WHERE user_id = a.user_id AND device = a.device OFFSET 0) c ON true \
    WHERE LEAST(a.ack, s.seq) > COALESCE(c.acked_seq, 0)), \
- moved AS (\
-   INSERT INTO device_cursors (user_id, device, acked_seq, prev_seq, updated_at_ms) \
-   SELECT user_id, device, hi, 0, $17 FROM r ORDER BY user_id, device \
-   ON CONFLICT (user_id, device) DO UPDATE SET prev_seq = device_cursors.acked_seq, \
-   acked_seq = excluded.acked_seq, updated_at_ms = excluded.updated_at_ms \
-   WHERE device_cursors.acked_seq < excluded.acked_seq \
-   RETURNING user_id, device, prev_seq AS lo, acked_seq AS hi), \
+ moved AS (",
+    move_cursors!("$17"),
+    "), \
  covered AS MATERIALIZED (\
    SELECT r.o, r.user_id, r.device, r.head, c.id, c.sender \
    FROM moved m JOIN r ON r.user_id = m.user_id AND r.device = m.device CROSS JOIN LATERAL (\

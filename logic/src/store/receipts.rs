@@ -239,6 +239,29 @@ macro_rules! covered_sender {
 }
 pub(super) use covered_sender;
 
+/// Moves the cursors of the acks in CTE `r` (user_id, device, hi) to `hi`,
+/// never back, in (user, device) order, and returns each moved cursor's
+/// range as (user_id, device, lo, hi): the upsert locks the row and reads
+/// where it stood (`prev_seq`, migration 0008) from its newest version,
+/// so two writers acknowledging for one device take disjoint ranges.
+/// `$now` is the parameter of the time. A macro so that
+/// [`super::pg_batch::BATCH_SQL`] stays one literal; [`ack_sql`] uses it too.
+macro_rules! move_cursors {
+    ($now:literal) => {
+        concat!(
+            "INSERT INTO device_cursors (user_id, device, acked_seq, prev_seq, updated_at_ms) ",
+            "SELECT user_id, device, hi, 0, ",
+            $now,
+            " FROM r ORDER BY user_id, device ",
+            "ON CONFLICT (user_id, device) DO UPDATE SET prev_seq = device_cursors.acked_seq, ",
+            "acked_seq = excluded.acked_seq, updated_at_ms = excluded.updated_at_ms ",
+            "WHERE device_cursors.acked_seq < excluded.acked_seq ",
+            "RETURNING user_id, device, prev_seq AS lo, acked_seq AS hi"
+        )
+    };
+}
+pub(super) use move_cursors;
+
 /// [`covered_sender!`] with its parameters numbered `conv` and `content`.
 fn numbered_covered_sender(conv: usize, content: usize) -> String {
     covered_sender!("$CONV", "$CONTENT")
@@ -298,19 +321,14 @@ pub fn ack_sql(rows: usize) -> String {
            FROM a JOIN user_seq s ON s.user_id = a.user_id \
            LEFT JOIN device_cursors c ON c.user_id = a.user_id AND c.device = a.device \
            WHERE LEAST(a.ack, s.seq) > COALESCE(c.acked_seq, 0)), \
-         moved AS (\
-           INSERT INTO device_cursors (user_id, device, acked_seq, prev_seq, updated_at_ms) \
-           SELECT user_id, device, hi, 0, ${now} FROM r ORDER BY user_id, device \
-           ON CONFLICT (user_id, device) DO UPDATE SET prev_seq = device_cursors.acked_seq, \
-           acked_seq = excluded.acked_seq, updated_at_ms = excluded.updated_at_ms \
-           WHERE device_cursors.acked_seq < excluded.acked_seq \
-           RETURNING user_id, device, prev_seq AS lo, acked_seq AS hi) \
+         moved AS ({moved}) \
          SELECT r.user_id, r.device, c.id, c.sender FROM moved r CROSS JOIN LATERAL (\
            SELECT i.msg_id AS id, {sender} AS sender FROM inbox i \
            WHERE i.user_id = r.user_id AND i.seq > r.lo AND i.seq <= r.hi \
            AND (i.receipt_to IS NULL OR i.receipt_to <> 0) OFFSET 0) c \
          WHERE c.sender IS NOT NULL",
         values = sql::values(rows, 3),
+        moved = move_cursors!("$NOW").replace("$NOW", &format!("${now}")),
         sender = numbered_covered_sender(conv, content)
     )
 }
