@@ -37,7 +37,10 @@ fn message(from: i64, to: i64, client_msg_id: String) -> NewMessage {
         content_type: 1,
         body: Bytes::from_static(&[b'x'; 64]),
         recipients: vec![to],
-        policy: SendPolicy::Unchecked,
+        // As `im-bench` runs logic (`IM_C2C_POLICY=anyone`): blocks are checked.
+        policy: SendPolicy::C2c {
+            friends_only: false,
+        },
     }
 }
 

@@ -313,6 +313,68 @@ async fn one_device_acked_by_two_writers_in_large_batches_gets_each_receipt_once
     one_device_acked_by_two_writers_at_once("im_ack2l", 300).await;
 }
 
+/// A retransmit whose first copy another writer is storing right then (its
+/// transaction holds the sender's sequence row, so the batch waits for it):
+/// once that commits, the retransmit gets the first copy's acknowledgement.
+/// (Read in the batch statement's snapshot, from before that commit, it was
+/// "being stored; retry".)
+#[tokio::test]
+async fn a_retransmit_racing_its_first_copy_gets_its_acknowledgement_on_postgres() {
+    let store = common::postgres("im_retx_race").await;
+    let a = store.create_user("ann", "h", 0).await.unwrap();
+    let b = store.create_user("bob", "h", 0).await.unwrap();
+    // The other writer: locks the users, stores the first copy, and waits.
+    let mut other = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT seq FROM user_seq WHERE user_id IN ($1, $2) ORDER BY user_id FOR UPDATE")
+        .bind(a)
+        .bind(b)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO messages (sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
+         VALUES ($1, 'z', $2, $3, 1, 'x', 5) RETURNING id",
+    )
+    .bind(a)
+    .bind(ConversationType::C2c as i32)
+    .bind(b)
+    .fetch_one(&mut *other)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO inbox (user_id, seq, msg_id, receipt_to) VALUES ($1, 1, $3, 0), ($2, 1, $3, $1)",
+    )
+    .bind(a)
+    .bind(b)
+    .bind(id)
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE user_seq SET seq = 1 WHERE user_id IN ($1, $2)")
+        .bind(a)
+        .bind(b)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let retransmit = {
+        let store = store.clone();
+        tokio::spawn(async move { store.commit_batch(&[msg(a, b, "z")], 10).await.unwrap() })
+    };
+    waiting_on_locks(&store, 1).await;
+    other.commit().await.unwrap();
+    let out = retransmit.await.unwrap();
+    let first = out.results[0]
+        .as_ref()
+        .expect("the first copy's acknowledgement");
+    assert!(first.duplicate);
+    assert_eq!(
+        (first.msg_id, first.sender_seq, first.sent_at_ms),
+        (id, 1, 5)
+    );
+    assert!(out.deliveries.is_empty(), "nothing stored twice");
+    assert_eq!(store.max_seq(b).await.unwrap(), 1);
+}
+
 /// Waits until `n` sessions of the store's database wait for a lock.
 async fn waiting_on_locks(store: &Store, n: i64) {
     for _ in 0..500 {
