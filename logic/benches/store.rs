@@ -16,11 +16,17 @@
 //! After each Postgres steady batch size it prints the CPU time of every
 //! `postgres` process per message (from `/proc`): the database's work,
 //! apart from the round trips and waits that a batch's time also holds.
+//!
+//! To weigh a change to the batch statement, set `IM_BENCH_AB` to text
+//! replacements of it (`FROM=>TO`, separated by `;;`): before the steady
+//! group the benchmark alternates the statement and the changed one and
+//! prints the Postgres CPU a message of each ([`ab_statements`]).
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use im_logic::store::pg_batch::BATCH_SQL;
 use im_logic::store::receipts::DeviceAck;
 use im_logic::store::{NewMessage, SendPolicy, Store, WriterConn};
 use im_proto::client::ConversationType;
@@ -122,54 +128,17 @@ fn commit_steady(
     (store, users): &(Store, Vec<i64>),
 ) {
     let _rt = rt.enter();
-    let held = std::cell::RefCell::new(WriterConn::default());
-    let acks = std::cell::RefCell::new(Vec::<DeviceAck>::new());
-    let next = AtomicU64::new(0);
+    let steady = std::cell::RefCell::new(Steady::new(users, "steady"));
     let mut g = c.benchmark_group(name);
     for size in STEADY_BATCHES {
-        acks.borrow_mut().clear();
-        let (cpu_before, sent_before) = (server_cpu_secs(store), next.load(Ordering::Relaxed));
+        steady.borrow_mut().acks.clear();
+        let (cpu_before, sent_before) = (server_cpu_secs(store), steady.borrow().sent());
         g.throughput(Throughput::Elements(size as u64));
         g.bench_function(format!("batch_{size}"), |b| {
-            b.iter(|| {
-                let items = (0..size)
-                    .map(|_| {
-                        let n = next.fetch_add(1, Ordering::Relaxed);
-                        let pair = n as usize % PAIRS;
-                        message(users[2 * pair], users[2 * pair + 1], format!("steady-{n}"))
-                    })
-                    .collect();
-                let mut held = held.borrow_mut();
-                let mut acks = acks.borrow_mut();
-                let (_, out) = rt
-                    .block_on(store.commit_with_acks_on(
-                        &mut held,
-                        items,
-                        &acks,
-                        im_proto::now_ms(),
-                    ))
-                    .expect("commit");
-                let mut newest = BTreeMap::new();
-                let acked = out
-                    .deliveries
-                    .iter()
-                    .filter(|d| im_proto::wants_delivered_receipt(&d.message, d.user));
-                for d in acked {
-                    let seq = newest.entry(d.user).or_insert(0);
-                    *seq = d.message.seq.max(*seq);
-                }
-                *acks = newest
-                    .into_iter()
-                    .map(|(user, seq)| DeviceAck {
-                        user,
-                        device: 1,
-                        seq,
-                    })
-                    .collect();
-            })
+            b.iter(|| steady.borrow_mut().commit_next(rt, store, size, None))
         });
         if let (Some(before), Some(after)) = (cpu_before, server_cpu_secs(store)) {
-            let sent = next.load(Ordering::Relaxed) - sent_before;
+            let sent = steady.borrow().sent() - sent_before;
             println!(
                 "{name}/batch_{size}: Postgres CPU {:.1} µs a message ({sent} messages with their receipts)",
                 (after - before) * 1e6 / sent.max(1) as f64
@@ -177,6 +146,147 @@ fn commit_steady(
         }
     }
     g.finish();
+}
+
+/// The writer's steady state: batches round the pairs, each carrying the
+/// acks of the previous batch's messages that want a receipt (per user, up
+/// to its newest).
+struct Steady<'a> {
+    users: &'a [i64],
+    /// Client message ids are `{prefix}-{n}`.
+    prefix: &'static str,
+    next: u64,
+    held: WriterConn,
+    acks: Vec<DeviceAck>,
+}
+
+impl<'a> Steady<'a> {
+    fn new(users: &'a [i64], prefix: &'static str) -> Self {
+        Steady {
+            users,
+            prefix,
+            next: 0,
+            held: WriterConn::default(),
+            acks: Vec::new(),
+        }
+    }
+
+    /// Messages committed so far.
+    fn sent(&self) -> u64 {
+        self.next
+    }
+
+    /// Commits the next batch of `size` messages with the queued acks, by
+    /// `statement` when given (Postgres), else as the committer does.
+    fn commit_next(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        store: &Store,
+        size: usize,
+        statement: Option<&'static str>,
+    ) {
+        let items: Vec<NewMessage> = (0..size)
+            .map(|_| {
+                let n = self.next;
+                self.next += 1;
+                let pair = n as usize % PAIRS;
+                let to = self.users[2 * pair + 1];
+                message(self.users[2 * pair], to, format!("{}-{n}", self.prefix))
+            })
+            .collect();
+        let now = im_proto::now_ms();
+        let (_, out) = rt
+            .block_on(async {
+                match statement {
+                    Some(sql) => {
+                        store
+                            .commit_with_statement_on(&mut self.held, sql, items, &self.acks, now)
+                            .await
+                    }
+                    None => {
+                        store
+                            .commit_with_acks_on(&mut self.held, items, &self.acks, now)
+                            .await
+                    }
+                }
+            })
+            .expect("commit");
+        let mut newest = BTreeMap::new();
+        let acked = out
+            .deliveries
+            .iter()
+            .filter(|d| im_proto::wants_delivered_receipt(&d.message, d.user));
+        for d in acked {
+            let seq = newest.entry(d.user).or_insert(0);
+            *seq = d.message.seq.max(*seq);
+        }
+        self.acks = newest
+            .into_iter()
+            .map(|(user, seq)| DeviceAck {
+                user,
+                device: 1,
+                seq,
+            })
+            .collect();
+    }
+}
+
+/// `IM_BENCH_AB='FROM=>TO;;FROM=>TO'`: [`BATCH_SQL`] against the statement
+/// with those replacements made, alternated in 1.5 s rounds (A B, B A,
+/// …) on one database and one writer connection (`IM_BENCH_AB_ROUNDS` a
+/// side, default 8, after one warm-up round each), at 12 and 48 messages
+/// a batch; prints the Postgres CPU a message of each. The machine's
+/// speed here swings more between minutes than two statements differ, so
+/// only such pairs tell a few per cent apart, and two identical
+/// statements differ by a few per cent too (docs/benchmarks.md).
+fn ab_statements(rt: &tokio::runtime::Runtime, (store, users): &(Store, Vec<i64>), spec: &str) {
+    let _rt = rt.enter();
+    let mut variant = BATCH_SQL.to_string();
+    for pair in spec.split(";;").filter(|p| !p.is_empty()) {
+        let (from, to) = pair
+            .split_once("=>")
+            .expect("IM_BENCH_AB: FROM=>TO pairs, separated by ;;");
+        assert!(
+            variant.contains(from),
+            "IM_BENCH_AB: {from:?} is not in the statement"
+        );
+        variant = variant.replace(from, to);
+    }
+    // A text of its own, so that it is prepared (and planned) apart.
+    let variant: &'static str = Box::leak(format!("/* variant */ {variant}").into_boxed_str());
+    let rounds: usize = std::env::var("IM_BENCH_AB_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let mut steady = Steady::new(users, "ab");
+    // [statement][size]: (CPU seconds, messages)
+    let mut tally = [[(0.0, 0u64); 2]; 2];
+    for round in 0..2 * (rounds + 1) {
+        // A B, B A, A B, …: neither goes first more often.
+        let which = (round % 2) ^ (round / 2 % 2);
+        let sql = [BATCH_SQL, variant][which];
+        for (k, size) in [12, 48].into_iter().enumerate() {
+            steady.acks.clear();
+            let (cpu, sent) = (server_cpu_secs(store).unwrap_or(0.0), steady.sent());
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_millis(1500) {
+                steady.commit_next(rt, store, size, Some(sql));
+            }
+            if round >= 2 {
+                let t = &mut tally[which][k];
+                t.0 += server_cpu_secs(store).unwrap_or(0.0) - cpu;
+                t.1 += steady.sent() - sent;
+            }
+        }
+    }
+    for (k, size) in [12, 48].into_iter().enumerate() {
+        let per = |(cpu, n): (f64, u64)| cpu * 1e6 / n.max(1) as f64;
+        println!(
+            "ab/batch_{size}: Postgres CPU {:.1} µs a message with BATCH_SQL, {:.1} with the variant ({rounds} rounds each)",
+            per(tally[0][k]),
+            per(tally[1][k]),
+        );
+    }
 }
 
 /// CPU seconds (user + system) of every `postgres` process on this
@@ -227,6 +337,9 @@ fn store(c: &mut Criterion) {
             let steady = format!("{url}_steady");
             match rt.block_on(with_n_users(&steady, 2 * PAIRS)) {
                 Ok(pg) => {
+                    if let Ok(spec) = std::env::var("IM_BENCH_AB") {
+                        ab_statements(&rt, &pg, &spec);
+                    }
                     commit_steady(c, &rt, "store_c2c_steady_postgres", &pg);
                     rt.block_on(async { drop(pg) });
                     drop_db(&rt, &steady);

@@ -173,13 +173,12 @@ SELECT 4, i, s, tgt, NULL, cmid, body FROM items WHERE i > COALESCE(cardinality(
 /// message id; the sender's sequence, NULL for a message without a
 /// sender's copy; the time).
 ///
-/// Read here rather than in the batch statement, for two reasons. The
-/// statement's insert waits for another writer's transaction storing the
-/// first copy, but its snapshot is from before that commit: read there,
-/// such a retransmit was answered "being stored; retry". And a retransmit
-/// is rare, while the branch cost every batch its setting up: the
-/// statement without it took 2.6–4.7 % less of Postgres's CPU at 12
-/// messages a batch (docs/benchmarks.md).
+/// Read here rather than in the batch statement: the statement's insert
+/// waits for another writer's transaction storing the first copy, but its
+/// snapshot is from before that commit, so read there such a retransmit
+/// was answered "being stored; retry". (Its cost was not the reason: the
+/// statement with and without that branch took the same Postgres CPU,
+/// docs/benchmarks.md.)
 pub const ORIGINALS_SQL: &str = "\
 SELECT x.o, m.id, (SELECT seq FROM inbox WHERE user_id = m.sender AND msg_id = m.id), m.sent_at_ms \
 FROM unnest($1::int8[], $2::text[]) WITH ORDINALITY AS x (s, cmid, o) \
@@ -293,12 +292,14 @@ impl<'a> Arrays<'a> {
 }
 
 impl Store {
-    /// [`Store::commit_with_acks_on`] on Postgres: one statement on the
+    /// [`Store::commit_with_acks_on`] on Postgres: one statement
+    /// ([`BATCH_SQL`], or a variant of it in the store benchmark) on the
     /// writer's own connection. `items` come back followed by the receipt
     /// messages the acks produced, which results and deliveries index into.
     pub(super) async fn commit_in_one_statement(
         &self,
         conn: &mut PgConnection,
+        statement: &'static str,
         mut items: Vec<NewMessage>,
         acks: &[DeviceAck],
         now_ms: u64,
@@ -322,7 +323,7 @@ impl Store {
             rcpt,
             inbox,
         } = arrays;
-        let rows = sqlx::query(BATCH_SQL)
+        let rows = sqlx::query(statement)
             .bind(sender)
             .bind(cmid)
             .bind(conv)

@@ -68,17 +68,9 @@ impl Store {
         now_ms: u64,
     ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
         if self.backend() == super::Backend::Postgres && super::pg_batch::fits(&items, acks) {
-            let conn = match &mut held.pg {
-                Some(conn) => conn,
-                empty => empty.insert(super::pg_batch::connect(self).await?),
-            };
-            let result = self
-                .commit_in_one_statement(conn, items, acks, now_ms)
+            return self
+                .one_statement_on(held, super::pg_batch::BATCH_SQL, items, acks, now_ms)
                 .await;
-            if result.is_err() {
-                held.discard();
-            }
-            return result;
         }
         self.write_on(held, async |tx| {
             if !acks.is_empty() {
@@ -89,6 +81,51 @@ impl Store {
             Ok((items, outcome))
         })
         .await
+    }
+
+    /// [`Self::commit_with_acks_on`] on Postgres with `statement` in place
+    /// of [`super::pg_batch::BATCH_SQL`]: a variant of it that binds the
+    /// same parameters and returns the same rows. For the store
+    /// benchmark's paired comparisons of statements (`IM_BENCH_AB`); only
+    /// for batches that [`super::pg_batch::fits`].
+    #[doc(hidden)]
+    pub async fn commit_with_statement_on(
+        &self,
+        held: &mut WriterConn,
+        statement: &'static str,
+        items: Vec<NewMessage>,
+        acks: &[DeviceAck],
+        now_ms: u64,
+    ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
+        assert!(
+            self.backend() == super::Backend::Postgres && super::pg_batch::fits(&items, acks),
+            "a batch statement runs on Postgres, for batches that fit it"
+        );
+        self.one_statement_on(held, statement, items, acks, now_ms)
+            .await
+    }
+
+    /// A batch as one statement on the writer's own connection, which is
+    /// opened if need be and dropped after a failure.
+    async fn one_statement_on(
+        &self,
+        held: &mut WriterConn,
+        statement: &'static str,
+        items: Vec<NewMessage>,
+        acks: &[DeviceAck],
+        now_ms: u64,
+    ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
+        let conn = match &mut held.pg {
+            Some(conn) => conn,
+            empty => empty.insert(super::pg_batch::connect(self).await?),
+        };
+        let result = self
+            .commit_in_one_statement(conn, statement, items, acks, now_ms)
+            .await;
+        if result.is_err() {
+            held.discard();
+        }
+        result
     }
 
     /// Every acknowledgement of a batch in one query per chunk of devices
