@@ -69,7 +69,7 @@ impl Store {
     ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
         if self.backend() == super::Backend::Postgres && super::pg_batch::fits(&items, acks) {
             return self
-                .one_statement_on(held, super::pg_batch::BATCH_SQL, items, acks, now_ms)
+                .commit_with_statement_on(held, super::pg_batch::BATCH_SQL, items, acks, now_ms)
                 .await;
         }
         self.write_on(held, async |tx| {
@@ -83,12 +83,12 @@ impl Store {
         .await
     }
 
-    /// [`Self::commit_with_acks_on`] on Postgres with `statement` in place
-    /// of [`super::pg_batch::BATCH_SQL`]: a variant of it that binds the
-    /// same parameters and returns the same rows. For the store
-    /// benchmark's paired comparisons of statements (`IM_BENCH_AB`); only
-    /// for batches that [`super::pg_batch::fits`].
-    #[doc(hidden)]
+    /// A batch as one statement on the writer's own connection (opened if
+    /// need be, dropped after a failure): [`Self::commit_with_acks_on`] on
+    /// Postgres, with [`super::pg_batch::BATCH_SQL`]. The store benchmark
+    /// passes a variant of it, which binds the same parameters and returns
+    /// the same rows, for its paired comparisons (`IM_BENCH_AB`). Only for
+    /// batches that [`super::pg_batch::fits`].
     pub async fn commit_with_statement_on(
         &self,
         held: &mut WriterConn,
@@ -101,20 +101,6 @@ impl Store {
             self.backend() == super::Backend::Postgres && super::pg_batch::fits(&items, acks),
             "a batch statement runs on Postgres, for batches that fit it"
         );
-        self.one_statement_on(held, statement, items, acks, now_ms)
-            .await
-    }
-
-    /// A batch as one statement on the writer's own connection, which is
-    /// opened if need be and dropped after a failure.
-    async fn one_statement_on(
-        &self,
-        held: &mut WriterConn,
-        statement: &'static str,
-        items: Vec<NewMessage>,
-        acks: &[DeviceAck],
-        now_ms: u64,
-    ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
         let conn = match &mut held.pg {
             Some(conn) => conn,
             empty => empty.insert(super::pg_batch::connect(self).await?),
