@@ -395,7 +395,13 @@ impl Store {
             }
         }
         if !retransmits.is_empty() {
-            let firsts = originals(conn, retransmits.iter().map(|&at| &items[index[at]])).await?;
+            // The batch has committed: a failed read costs only the
+            // retransmits their answer (they are sent again), not the batch.
+            let copies = retransmits.iter().map(|&at| &items[index[at]]);
+            let firsts = originals(conn, copies).await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "failed to read retransmits' first acknowledgements");
+                vec![Err(being_stored()); retransmits.len()]
+            });
             answered.extend(retransmits.into_iter().zip(firsts));
         }
         receipts.sort_by_key(|(i, _)| *i);
@@ -438,6 +444,11 @@ impl Store {
     }
 }
 
+/// The answer to a retransmit whose first copy cannot be read (yet).
+fn being_stored() -> ApiError {
+    ApiError::unavailable("message is being stored; retry")
+}
+
 /// The first acknowledgements of `copies` ([`ORIGINALS_SQL`]), in order.
 async fn originals<'a>(
     conn: &mut PgConnection,
@@ -445,8 +456,7 @@ async fn originals<'a>(
 ) -> Result<Vec<SendResult>, StoreError> {
     let (senders, cmids): (Vec<i64>, Vec<&str>) =
         copies.map(|m| (m.sender, m.client_msg_id.as_str())).unzip();
-    let mut firsts =
-        vec![Err(ApiError::unavailable("message is being stored; retry")); senders.len()];
+    let mut firsts = vec![Err(being_stored()); senders.len()];
     let rows = sqlx::query(ORIGINALS_SQL)
         .bind(senders)
         .bind(cmids)
