@@ -111,9 +111,7 @@ async fn run_shard(
         let mut outgoing = Vec::new();
         for (job, stored) in jobs.drain(..).zip(stored) {
             let Some(s) = stored else {
-                let _ = job
-                    .reply
-                    .send(Err(ApiError::unavailable("message is being stored; retry")));
+                let _ = job.reply.send(Err(crate::store::messages::being_stored()));
                 continue;
             };
             let _ = job.reply.send(Ok(Stored {

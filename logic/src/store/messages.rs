@@ -46,6 +46,12 @@ pub(super) enum SeqTable {
     Groups,
 }
 
+/// The answer to a retransmit whose first copy cannot be read (yet): its
+/// transaction has not committed, or the read failed.
+pub fn being_stored() -> ApiError {
+    ApiError::unavailable("message is being stored; retry")
+}
+
 /// Refusal texts of the one-to-one policy (the same as the REST check's).
 pub const BLOCKED_TEXT: &str = "the recipient has blocked you";
 pub const NOT_FRIENDS_TEXT: &str =
@@ -503,7 +509,7 @@ impl Store {
                 duplicate: true,
             }),
             // Stored by a transaction that has not committed yet: ask the client to retry.
-            None => Err(ApiError::unavailable("message is being stored; retry")),
+            None => Err(being_stored()),
         })
     }
 

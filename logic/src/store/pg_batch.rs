@@ -28,7 +28,8 @@ use sqlx::{ConnectOptions, Row};
 use super::history::SYSTEM_CONTENT_MIN;
 use super::messages::{
     BLOCKED_TEXT, BatchOutcome, Delivery, NOT_FRIENDS_TEXT, NewMessage, SendPolicy, SendResult,
-    Stored, entry_message, final_results, first_copies, inbox_users, receipt_to, stored,
+    Stored, being_stored, entry_message, final_results, first_copies, inbox_users, receipt_to,
+    stored,
 };
 use super::receipts::{
     DeviceAck, covered_sender, move_cursors, newest_per_device, receipt_message,
@@ -442,11 +443,6 @@ impl Store {
             },
         ))
     }
-}
-
-/// The answer to a retransmit whose first copy cannot be read (yet).
-fn being_stored() -> ApiError {
-    ApiError::unavailable("message is being stored; retry")
 }
 
 /// The first acknowledgements of `copies` ([`ORIGINALS_SQL`]), in order.
