@@ -4,6 +4,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use bytes::Bytes;
 use im_proto::client::{
     C2cSendRequest, C2gSendRequest, ConversationType, DeviceType, Message, SendResponse,
@@ -48,6 +50,8 @@ struct State {
     /// The last inbox sequence acknowledged on this connection: group
     /// messages do not move the inbox, so they need no ACK of their own.
     acked: u64,
+    /// When an ACK held back (see [`QUIET_ACK_DELAY`]) is due.
+    ack_due: Option<Instant>,
 }
 
 impl State {
@@ -63,6 +67,17 @@ impl State {
 
 /// Page size for catch-up pulls.
 const PULL_PAGE: u32 = 500;
+
+/// How long [`ChatClient::recv`] holds back an ACK that can produce no
+/// DELIVERED receipt: one that covers no one-to-one message from another
+/// user, only receipts, other system messages, group messages and this
+/// user's own messages (docs/protocol.md, section 5.5, allows ACKs to be
+/// debounced). Every sent message brings its sender a receipt, so without
+/// this a sender would send one ACK frame a message that only settles the
+/// gateway's retransmit window. Well inside the gateway's ack timeout
+/// (3 s by default), so a held-back ACK never causes a retransmit there; an
+/// ACK that can produce a receipt goes at once and covers what was held.
+pub const QUIET_ACK_DELAY: Duration = Duration::from_millis(500);
 
 impl ChatClient {
     /// Connects, authenticates and pulls everything after `last_seq`
@@ -85,6 +100,7 @@ impl ChatClient {
                 sent_here: HashSet::new(),
                 groups: GroupCursors::default(),
                 acked: 0,
+                ack_due: None,
             }),
         };
         if auth.max_seq > last_seq {
@@ -232,7 +248,11 @@ impl ChatClient {
         let conn = endpoint.connect().await?;
         let auth = conn.auth(token, device).await?;
         self.conn = conn;
-        self.state().acked = 0;
+        {
+            let mut st = self.state();
+            st.acked = 0;
+            st.ack_due = None;
+        }
         let last = self.last_seq();
         if auth.max_seq > last {
             self.fill_gap(last).await?;
@@ -262,28 +282,43 @@ impl ChatClient {
     }
 
     /// The next messages in seq order (others' and this user's other
-    /// devices'), waiting up to `wait`. Empty on timeout. Acknowledges them.
+    /// devices'), waiting up to `wait`. Empty on timeout. Acknowledges them:
+    /// at once when they hold a one-to-one message from another user (its
+    /// sender waits for the DELIVERED receipt), else within
+    /// [`QUIET_ACK_DELAY`] (on this or a later call).
     pub async fn recv(&self, wait: Duration) -> Result<Vec<Message>, ClientError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let deadline = Instant::now() + wait;
         loop {
             let out = self.take_ready();
             if !out.is_empty() {
-                let last = self.last_seq();
-                let moved = {
-                    let mut st = self.state();
-                    std::mem::replace(&mut st.acked, last) < last
-                };
-                if moved {
-                    self.conn.ack(last).await?;
-                }
+                let receipted = out.iter().any(|m| {
+                    im_proto::delivered_receipt_to(
+                        m.conv_type,
+                        m.from,
+                        m.content_type,
+                        self.user_id,
+                    )
+                    .is_some()
+                });
+                self.settle(receipted, true).await?;
                 return Ok(out);
             }
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if left.is_zero() {
+            self.settle(false, false).await?;
+            let now = Instant::now();
+            if now >= deadline {
                 return Ok(Vec::new());
             }
-            match self.conn.next_event_timeout(left).await {
-                Err(ClientError::Timeout) => return Ok(Vec::new()),
+            let wake = self
+                .state()
+                .ack_due
+                .map_or(deadline, |due| due.min(deadline));
+            match self
+                .conn
+                .next_event_timeout(wake.saturating_duration_since(now))
+                .await
+            {
+                // The deadline or a held-back ACK's time: the loop sees which.
+                Err(ClientError::Timeout) => {}
                 Err(e) => return Err(e),
                 Ok(None) => return Err(ClientError::Closed),
                 Ok(Some(Event::Push(messages))) => {
@@ -323,11 +358,40 @@ impl ChatClient {
     fn take_ready(&self) -> Vec<Message> {
         self.state().take_ready(self.user_id)
     }
+
+    /// Acknowledges the last contiguous sequence if it is not yet: now when
+    /// `now` is set or a held-back ACK is due; otherwise, when something
+    /// was handed out (`handed_out`), within [`QUIET_ACK_DELAY`].
+    async fn settle(&self, now: bool, handed_out: bool) -> Result<(), ClientError> {
+        let last = self.last_seq();
+        let at = Instant::now();
+        let send = {
+            let mut st = self.state();
+            if st.acked >= last {
+                st.ack_due = None;
+                false
+            } else if now || st.ack_due.is_some_and(|due| due <= at) {
+                st.acked = last;
+                st.ack_due = None;
+                true
+            } else {
+                if handed_out {
+                    st.ack_due.get_or_insert(at + QUIET_ACK_DELAY);
+                }
+                false
+            }
+        };
+        if send {
+            self.conn.ack(last).await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use im_proto::frame::Frame;
 
     /// An own message pulled (say, to fill a gap a receipt opened) before
     /// its SENT reply arrived is still recognised as this client's own.
@@ -339,6 +403,7 @@ mod tests {
             sent_here: HashSet::new(),
             groups: GroupCursors::default(),
             acked: 0,
+            ack_due: None,
         };
         // Recorded when the send starts; no SENT reply (no msg_id) yet.
         st.sent_here.insert("c1".into());
@@ -357,5 +422,106 @@ mod tests {
         // sent from another device ("c2") are handed out.
         assert_eq!(out, vec![2, 3]);
         assert!(st.sent_here.is_empty());
+    }
+
+    /// A scripted gateway: answers AUTH (user 7, empty inbox), then hands
+    /// the test the frames the client sends, and pushes what it is given.
+    async fn scripted_gateway() -> (
+        Endpoint,
+        tokio::sync::mpsc::UnboundedSender<Vec<Message>>,
+        tokio::sync::mpsc::UnboundedReceiver<(Instant, Frame)>,
+    ) {
+        use futures::{SinkExt, StreamExt};
+        use im_proto::client::{AuthResponse, Push};
+        use im_proto::frame::{Command, FrameCodec};
+        use im_proto::prost::Message as _;
+        use tokio_util::codec::Framed;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Message>>();
+        let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let mut framed = Framed::new(socket, FrameCodec::new(1 << 20));
+            loop {
+                tokio::select! {
+                    f = framed.next() => {
+                        let Some(Ok(f)) = f else { return };
+                        if f.command() == Some(Command::Auth) {
+                            let resp = AuthResponse { user_id: 7, ..Default::default() };
+                            let r = Frame::response(f.command, f.seq, resp.encode_to_vec());
+                            framed.send(r).await.unwrap();
+                        } else {
+                            let _ = seen_tx.send((Instant::now(), f));
+                        }
+                    }
+                    Some(messages) = push_rx.recv() => {
+                        let push = Frame::request(Command::Push, 0, Push { messages }.encode_to_vec());
+                        framed.send(push).await.unwrap();
+                    }
+                }
+            }
+        });
+        (Endpoint::Tcp(addr.to_string()), push_tx, seen_rx)
+    }
+
+    /// The ACKed sequence of the next frame the client sends, if an ACK.
+    fn acked_seq(f: &Frame) -> Option<u64> {
+        use im_proto::client::Ack;
+        use im_proto::frame::Command;
+        use im_proto::prost::Message as _;
+        (f.command() == Some(Command::Ack)).then(|| Ack::decode(f.body.clone()).unwrap().seq)
+    }
+
+    /// A push of only receipts is acknowledged within QUIET_ACK_DELAY, not
+    /// at once; a one-to-one message from another user at once, covering
+    /// what was held back.
+    #[tokio::test]
+    async fn acks_wait_unless_a_receipt_is_owed() {
+        use im_proto::client::SystemContentType;
+        let (endpoint, push, mut seen) = scripted_gateway().await;
+        let client = ChatClient::connect(&endpoint, "t", DeviceType::Mobile, None)
+            .await
+            .unwrap();
+        let msg = |seq, content_type| Message {
+            seq,
+            from: 9,
+            to: 7,
+            conv_type: ConversationType::C2c as i32,
+            content_type,
+            client_msg_id: format!("m{seq}"),
+            ..Default::default()
+        };
+        let receipt = SystemContentType::Receipt as u32;
+
+        // A receipt: handed out, ACKed only when the delay is up (during a
+        // later recv that gets nothing).
+        push.send(vec![msg(1, receipt)]).unwrap();
+        let start = Instant::now();
+        assert_eq!(client.recv(Duration::from_secs(5)).await.unwrap().len(), 1);
+        assert!(seen.try_recv().is_err(), "no ACK at once for a receipt");
+        let none = client.recv(QUIET_ACK_DELAY * 2).await.unwrap();
+        assert!(none.is_empty());
+        let (at, f) = seen.recv().await.unwrap();
+        assert_eq!(acked_seq(&f), Some(1));
+        let waited = at - start;
+        assert!(
+            waited >= QUIET_ACK_DELAY && waited < QUIET_ACK_DELAY * 2,
+            "{waited:?}"
+        );
+
+        // Another receipt, then a message from user 9 before the delay is
+        // up: one ACK, at once, covering both.
+        push.send(vec![msg(2, receipt)]).unwrap();
+        assert_eq!(client.recv(Duration::from_secs(5)).await.unwrap().len(), 1);
+        push.send(vec![msg(3, 1)]).unwrap();
+        let sent = Instant::now();
+        assert_eq!(client.recv(Duration::from_secs(5)).await.unwrap().len(), 1);
+        let (at, f) = seen.recv().await.unwrap();
+        assert_eq!(acked_seq(&f), Some(3));
+        assert!(at - sent < QUIET_ACK_DELAY, "{:?}", at - sent);
+        let none = client.recv(QUIET_ACK_DELAY * 2).await.unwrap();
+        assert!(none.is_empty());
+        assert!(seen.try_recv().is_err(), "nothing left to acknowledge");
     }
 }
