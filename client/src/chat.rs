@@ -79,6 +79,12 @@ const PULL_PAGE: u32 = 500;
 /// ACK that can produce a receipt goes at once and covers what was held.
 pub const QUIET_ACK_DELAY: Duration = Duration::from_millis(500);
 
+/// How many inbox entries an ACK held back may cover before it goes at
+/// once all the same: each entry came in a push the gateway keeps until an
+/// ACK covers it, and a connection holding more unacknowledged pushes than
+/// its outbound queue (1,024 by default) is closed as a slow consumer.
+pub const QUIET_ACK_MAX_ENTRIES: u64 = 256;
+
 impl ChatClient {
     /// Connects, authenticates and pulls everything after `last_seq`
     /// (`None`: start at the newest message, receive only what comes next).
@@ -360,8 +366,9 @@ impl ChatClient {
     }
 
     /// Acknowledges the last contiguous sequence if it is not yet: now when
-    /// `now` is set or a held-back ACK is due; otherwise, when something
-    /// was handed out (`handed_out`), within [`QUIET_ACK_DELAY`].
+    /// `now` is set, a held-back ACK is due or it would cover
+    /// [`QUIET_ACK_MAX_ENTRIES`]; otherwise, when something was handed out
+    /// (`handed_out`), within [`QUIET_ACK_DELAY`].
     async fn settle(&self, now: bool, handed_out: bool) -> Result<(), ClientError> {
         let last = self.last_seq();
         let at = Instant::now();
@@ -370,7 +377,10 @@ impl ChatClient {
             if st.acked >= last {
                 st.ack_due = None;
                 false
-            } else if now || st.ack_due.is_some_and(|due| due <= at) {
+            } else if now
+                || st.ack_due.is_some_and(|due| due <= at)
+                || last - st.acked >= QUIET_ACK_MAX_ENTRIES
+            {
                 st.acked = last;
                 st.ack_due = None;
                 true
@@ -523,5 +533,19 @@ mod tests {
         let none = client.recv(QUIET_ACK_DELAY * 2).await.unwrap();
         assert!(none.is_empty());
         assert!(seen.try_recv().is_err(), "nothing left to acknowledge");
+
+        // Receipts enough to fill the gateway's window go at once.
+        let many = QUIET_ACK_MAX_ENTRIES;
+        push.send((4..4 + many).map(|seq| msg(seq, receipt)).collect())
+            .unwrap();
+        let sent = Instant::now();
+        let got = client.recv(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(got.len() as u64, many);
+        let (at, f) = tokio::time::timeout(QUIET_ACK_DELAY, seen.recv())
+            .await
+            .expect("an ACK at once")
+            .unwrap();
+        assert_eq!(acked_seq(&f), Some(3 + many));
+        assert!(at - sent < QUIET_ACK_DELAY, "{:?}", at - sent);
     }
 }
