@@ -217,6 +217,10 @@ impl Target {
             ("IM_REDIS_URL".to_string(), args.redis_url.clone()),
             ("IM_REDIS_PREFIX".to_string(), prefix),
             ("IM_JWT_SECRET".to_string(), secret.clone()),
+            // A fresh database and no older logic process: DELIVERED
+            // receipts are stored inline (`--server-env
+            // IM_INLINE_RECEIPTS=false` for the default).
+            ("IM_INLINE_RECEIPTS".to_string(), "true".to_string()),
         ];
         common.extend(extra.iter().cloned());
         let status = Command::new(bin(dir, "im-logic")?)

@@ -22,6 +22,11 @@ pub struct LogicArgs {
     /// Most messages committed in one transaction.
     #[arg(long, env = "IM_STORE_MAX_BATCH", default_value_t = 256)]
     pub store_max_batch: usize,
+    /// Store DELIVERED receipts inline in the recipient's inbox entry, with
+    /// no `messages` row (Postgres; migration 0009). Turn on only once no
+    /// logic process from before 0009 runs: their pulls skip such entries.
+    #[arg(long, env = "IM_INLINE_RECEIPTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub inline_receipts: bool,
     /// Most messages one pull returns.
     #[arg(long, env = "IM_MAX_PULL", default_value_t = 500)]
     pub max_pull: u32,

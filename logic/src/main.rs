@@ -64,7 +64,8 @@ async fn main() -> anyhow::Result<()> {
 
     let store = Store::connect(&cli.database_url, cli.logic.db_max_connections)
         .await
-        .context("failed to connect to the database")?;
+        .context("failed to connect to the database")?
+        .with_inline_receipts(cli.logic.inline_receipts);
     store.migrate().await.context("failed to run migrations")?;
     if matches!(cli.command, Some(Cmd::Migrate)) {
         tracing::info!("migrations applied");

@@ -1109,3 +1109,100 @@ async fn the_large_batch_ack_statement_reads_messages_by_key_even_when_planned_o
     assert!(plan.contains("messages_pkey"), "{plan}");
     assert!(!plan.contains("messages_sender"), "{plan}");
 }
+
+/// The same conversation on two fresh databases, one writer storing its
+/// DELIVERED receipts in `messages`, the other inline in the inbox entry
+/// (migration 0009): the receipts pulled are the same messages, and the
+/// inline one has no `messages` row. Acknowledging an inline receipt
+/// moves the cursor and begets no receipt.
+#[tokio::test]
+async fn inline_receipts_are_pulled_like_stored_ones_on_postgres() {
+    async fn run(store: &Store) -> (Vec<im_proto::client::Message>, i64, i64, i64) {
+        let a = store.create_user("ann", "h", 0).await.unwrap();
+        let b = store.create_user("bob", "h", 0).await.unwrap();
+        let mut conn = WriterConn::default();
+        let sent = store
+            .commit_batch(&[msg(a, b, "m1"), msg(a, b, "m2")], 10)
+            .await
+            .unwrap();
+        assert!(sent.results.iter().all(|r| r.is_ok()));
+        // b's ack rides with b's own message to a: one receipt for m1 and m2.
+        let ack = DeviceAck {
+            user: b,
+            device: 1,
+            seq: 2,
+        };
+        let (items, out) = store
+            .commit_with_acks_on(&mut conn, vec![msg(b, a, "r1")], &[ack], 20)
+            .await
+            .unwrap();
+        assert_eq!(items.len(), 2, "b's message, then the receipt");
+        assert!(out.results.iter().all(|r| r.is_ok()));
+        let pushed: Vec<_> = out.deliveries.iter().filter(|d| d.item == 1).collect();
+        assert_eq!(pushed.len(), 1);
+        // a acknowledges everything, the receipt included: a receipt for
+        // r1 only (a receipt begets none).
+        let ack = DeviceAck {
+            user: a,
+            device: 1,
+            seq: 4,
+        };
+        let (_, back) = store
+            .commit_with_acks_on(&mut conn, Vec::new(), &[ack], 30)
+            .await
+            .unwrap();
+        let r1 = out.results[0].as_ref().unwrap().msg_id;
+        let receipted: Vec<(i64, Vec<i64>)> = back
+            .deliveries
+            .iter()
+            .map(|d| {
+                (
+                    d.user,
+                    Receipt::decode(d.message.body.clone()).unwrap().msg_ids,
+                )
+            })
+            .collect();
+        assert_eq!(receipted, [(b, vec![r1])]);
+        assert_eq!(store.cursor(a, 1).await.unwrap(), 4);
+        let (page, more) = store.pull(a, 0, 10).await.unwrap();
+        assert!(!more);
+        let pushed = &pushed[0].message;
+        assert_eq!(page.last(), Some(pushed), "the receipt as pushed");
+        let rows: (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM messages WHERE content_type >= 61440")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        (page, rows.0, a, b)
+    }
+    let plain = common::postgres("im_inline_off").await;
+    let inline = common::postgres("im_inline_on")
+        .await
+        .with_inline_receipts(true);
+    let (stored_page, stored_rows, a, b) = run(&plain).await;
+    let (inline_page, inline_rows, ..) = run(&inline).await;
+    assert_eq!((stored_rows, inline_rows), (2, 0), "one receipt each way");
+    assert_eq!(inline_page, stored_page);
+    // a's inbox: m1, m2 (own copies), r1 from b, the receipt from b.
+    let got: Vec<(u64, i64, i32)> = inline_page
+        .iter()
+        .map(|m| (m.seq, m.from, m.conv_type))
+        .collect();
+    let c2c = ConversationType::C2c as i32;
+    assert_eq!(got, [(1, a, c2c), (2, a, c2c), (3, b, c2c), (4, b, c2c)]);
+    let receipt = &inline_page[3];
+    assert_eq!(
+        (receipt.to, receipt.content_type, receipt.sent_at_ms),
+        (a, SystemContentType::Receipt as u32, 20)
+    );
+    let r = Receipt::decode(receipt.body.clone()).unwrap();
+    assert_eq!((r.kind, r.reader), (ReceiptKind::Delivered as i32, b));
+    assert_eq!(r.msg_ids.len(), 2);
+    // A page boundary inside the conversation reads the inline entry too.
+    let (first, more) = inline.pull(a, 2, 1).await.unwrap();
+    assert!(more);
+    assert_eq!(first, inline_page[2..3]);
+    let (last, more) = inline.pull(a, 3, 1).await.unwrap();
+    assert!(!more);
+    assert_eq!(last, inline_page[3..]);
+}

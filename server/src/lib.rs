@@ -117,7 +117,8 @@ pub async fn start(
         .map_err(anyhow::Error::msg)?;
     let store = Store::connect(&db_url, args.logic.db_max_connections.min(8))
         .await
-        .with_context(|| format!("failed to open {db_url}"))?;
+        .with_context(|| format!("failed to open {db_url}"))?
+        .with_inline_receipts(args.logic.inline_receipts);
     store.migrate().await.context("failed to run migrations")?;
     let sqlite = store.backend() == im_logic::store::Backend::Sqlite;
 

@@ -356,3 +356,50 @@ async fn acks_that_store_no_receipt_wait_for_the_connection_to_end() -> anyhow::
     assert_eq!(cursor(a.id).await?, last);
     Ok(())
 }
+
+/// With `IM_INLINE_RECEIPTS=true` a DELIVERED receipt has no `messages`
+/// row; it reaches the sender by push, and a device pulling the sender's
+/// inbox from the start gets it too, the same message.
+#[tokio::test]
+async fn inline_receipts_are_pushed_and_pulled() -> anyhow::Result<()> {
+    use im_proto::client::DeviceType;
+
+    let opts = ClusterOptions {
+        env: vec![("IM_INLINE_RECEIPTS".into(), "true".into())],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(opts, 1, 1).await?;
+    let a = new_user(&cluster.api(0), &unique("a")).await?;
+    let b = new_user(&cluster.api(0), &unique("b")).await?;
+    let ca = online(&cluster.tcp_endpoint(0), &a).await?;
+    let cb = online(&cluster.tcp_endpoint(0), &b).await?;
+    let sent = ca.send_text(b.id, "hello").await?;
+    assert_eq!(recv_n(&cb, 1, Duration::from_secs(10)).await?.len(), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let pushed = loop {
+        let got = ca.recv(Duration::from_millis(200)).await?;
+        if let Some(r) = got.into_iter().find(|m| m.content_type == 0xF001) {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no receipt");
+    };
+    let db = sqlx::PgPool::connect(&cluster.database_url).await?;
+    let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM messages WHERE id = $1")
+        .bind(pushed.msg_id)
+        .fetch_one(&db)
+        .await?;
+    assert_eq!(rows, 0, "the receipt is stored inline");
+    // Another device of a's pulls everything: its message, then the receipt.
+    let pulled = im_client::ChatClient::connect(
+        &cluster.tcp_endpoint(0),
+        &a.token,
+        DeviceType::Mobile,
+        Some(0),
+    )
+    .await?;
+    let page = pulled.conn.pull(0, 10).await?;
+    let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [sent.seq, pushed.seq]);
+    assert_eq!(page.messages[1], pushed);
+    Ok(())
+}

@@ -530,15 +530,23 @@ impl Store {
         // offline-sync).
         let after = after_seq.min(i64::MAX as u64) as i64;
         let want = i64::from(limit) + 1;
+        // An entry's message is its `messages` row or, for a receipt stored
+        // inline (migration 0009), the entry's own columns: a one-to-one
+        // message to the entry's user.
         let rows = sqlx::query(
-            "SELECT i.seq, m.id, m.sender, m.conv_type, m.target, m.client_msg_id, m.content_type, m.body, m.sent_at_ms \
-             FROM inbox i JOIN messages m ON m.id = i.msg_id \
-             WHERE i.user_id = $1 AND i.seq > $2 AND i.seq <= $3 ORDER BY i.seq LIMIT $4",
+            "SELECT i.seq, i.msg_id, COALESCE(m.sender, i.sender), COALESCE(m.conv_type, CAST($5 AS BIGINT)), \
+                    COALESCE(m.target, i.user_id), COALESCE(m.client_msg_id, i.client_msg_id), \
+                    COALESCE(m.content_type, i.content_type), COALESCE(m.body, i.body), \
+                    COALESCE(m.sent_at_ms, i.sent_at_ms) \
+             FROM inbox i LEFT JOIN messages m ON m.id = i.msg_id \
+             WHERE i.user_id = $1 AND i.seq > $2 AND i.seq <= $3 \
+               AND (m.id IS NOT NULL OR i.sender IS NOT NULL) ORDER BY i.seq LIMIT $4",
         )
         .bind(user)
         .bind(after)
         .bind(after.saturating_add(want))
         .bind(want)
+        .bind(ConversationType::C2c as i64)
         .fetch_all(&self.pool)
         .await?;
         Ok(page(&rows, limit, false)?)

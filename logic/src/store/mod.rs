@@ -50,6 +50,12 @@ pub struct Store {
     /// order, instead of in SQLite's busy handler, which sleeps and retries
     /// (up to 100 ms a time) and collapses under many concurrent writers.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the Postgres writer's batch statement stores DELIVERED
+    /// receipts inline in their inbox entry, without a `messages` row
+    /// (migration 0009, [`pg_batch::INLINE_BATCH_SQL`]). Off by default:
+    /// the pulls of a logic process from before 0009 skip such entries
+    /// (docs/operations.md).
+    inline_receipts: bool,
 }
 
 /// A write transaction; on SQLite it also holds the process's writer turn.
@@ -166,7 +172,24 @@ impl Store {
             pool,
             backend,
             writer: Arc::new(tokio::sync::Mutex::new(())),
+            inline_receipts: false,
         })
+    }
+
+    /// Stores DELIVERED receipts inline in their inbox entry (see the
+    /// field); pulls read both forms whatever this says.
+    pub fn with_inline_receipts(mut self, on: bool) -> Store {
+        self.inline_receipts = on;
+        self
+    }
+
+    /// The Postgres writer's batch statement ([`pg_batch`]).
+    pub fn batch_statement(&self) -> &'static str {
+        if self.inline_receipts {
+            pg_batch::INLINE_BATCH_SQL
+        } else {
+            pg_batch::BATCH_SQL
+        }
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write

@@ -78,7 +78,33 @@ use super::{Store, StoreError};
 /// the locks; inserts in batch order; sequences reserved per user and
 /// handed out in batch order. Data-modifying CTEs run once, whether or not
 /// the query reads them, and see nothing of each other but what they return.
-pub const BATCH_SQL: &str = concat!(
+pub const BATCH_SQL: &str = batch_sql!(
+    "code = 0",
+    "nid = ANY (ARRAY(SELECT id FROM ins))",
+    "INSERT INTO inbox (user_id, seq, msg_id, receipt_to) SELECT u, seq, id, rt FROM placed"
+);
+
+/// [`BATCH_SQL`] with the DELIVERED receipts it produces stored inline in
+/// their inbox entry (migration 0009), without a `messages` row: their ids
+/// still come from `messages_id_seq`, and they never conflict (each
+/// acknowledged range is taken once). Used when logic runs with
+/// `IM_INLINE_RECEIPTS` ([`Store::with_inline_receipts`]). Binds the same
+/// parameters and returns the same rows.
+pub const INLINE_BATCH_SQL: &str = batch_sql!(
+    "code = 0 AND i <= COALESCE(cardinality($1::int8[]), 0)",
+    "nid = ANY (ARRAY(SELECT id FROM ins)) OR (code = 0 AND i > COALESCE(cardinality($1::int8[]), 0))",
+    "INSERT INTO inbox (user_id, seq, msg_id, receipt_to, sender, client_msg_id, content_type, body, sent_at_ms) \
+     SELECT p.u, p.seq, p.id, p.rt, r.s, r.cmid, r.ctype, r.body, CASE WHEN r.i IS NOT NULL THEN $17 END \
+     FROM placed p LEFT JOIN items r ON r.i = p.i AND r.i > COALESCE(cardinality($1::int8[]), 0)"
+);
+
+/// The batch statement, with the messages it inserts into `messages`
+/// (`$ins_where`, over `st`), which items count as stored (`$stored`,
+/// over `st`, beside those `ins` returned) and how the inbox entries are
+/// written (`$inbox`, from `placed`) as parameters.
+macro_rules! batch_sql {
+    ($ins_where:literal, $stored:literal, $inbox:literal) => {
+        concat!(
     "\
 WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::bytea[]) \
       WITH ORDINALITY AS a (user_id, device, ack, head, o)), \
@@ -137,10 +163,14 @@ WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::byte
    ORDER BY t.i), \
  ins AS (\
    INSERT INTO messages (id, sender, client_msg_id, conv_type, target, content_type, body, sent_at_ms) \
-   SELECT nid, s, cmid, conv, tgt, ctype, body, $17 FROM st WHERE code = 0 ORDER BY i \
+   SELECT nid, s, cmid, conv, tgt, ctype, body, $17 FROM st WHERE ",
+    $ins_where,
+    " ORDER BY i \
    ON CONFLICT (sender, client_msg_id) DO NOTHING RETURNING id), \
  sid AS MATERIALIZED (\
-   SELECT array_agg(CASE WHEN nid = ANY (ARRAY(SELECT id FROM ins)) THEN nid END ORDER BY i) AS ids \
+   SELECT array_agg(CASE WHEN ",
+    $stored,
+    " THEN nid END ORDER BY i) AS ids \
    FROM st), \
  e AS MATERIALIZED (\
    SELECT ibx.i, ibx.u, ibx.o, ibx.rt, sid.ids[ibx.i] AS id, \
@@ -154,7 +184,9 @@ WITH a AS (SELECT * FROM unnest($13::int8[], $14::int8[], $15::int8[], $16::byte
  ub AS (SELECT array_agg(u) AS us, array_agg(base) AS bases FROM up), \
  placed AS MATERIALIZED (\
    SELECT e.i, e.u, e.o, e.rt, e.id, ub.bases[array_position(ub.us, e.u)] + e.k AS seq FROM e, ub), \
- inb AS (INSERT INTO inbox (user_id, seq, msg_id, receipt_to) SELECT u, seq, id, rt FROM placed) \
+ inb AS (",
+    $inbox,
+    ") \
 SELECT 0, st.i, sid.ids[st.i], NULL::int8, NULL::int8, NULL::text, NULL::bytea FROM st, sid \
   WHERE sid.ids[st.i] IS NOT NULL \
 UNION ALL \
@@ -166,7 +198,10 @@ UNION ALL \
 SELECT 3, i, u, seq, o, NULL, NULL FROM placed \
 UNION ALL \
 SELECT 4, i, s, tgt, NULL, cmid, body FROM items WHERE i > COALESCE(cardinality($1::int8[]), 0)"
-);
+        )
+    };
+}
+use batch_sql;
 
 /// The first acknowledgements of retransmitted messages ([`BATCH_SQL`]'s
 /// rows of kind 1), read after the batch committed. Binds the messages'

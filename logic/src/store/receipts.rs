@@ -69,7 +69,7 @@ impl Store {
     ) -> Result<(Vec<NewMessage>, BatchOutcome), StoreError> {
         if self.backend() == super::Backend::Postgres && super::pg_batch::fits(&items, acks) {
             return self
-                .commit_with_statement_on(held, super::pg_batch::BATCH_SQL, items, acks, now_ms)
+                .commit_with_statement_on(held, self.batch_statement(), items, acks, now_ms)
                 .await;
         }
         self.write_on(held, async |tx| {
