@@ -57,6 +57,7 @@ pub fn sample_spec() -> ImClusterSpec {
             image: "ghcr.io/example/im-logic:0.1.0".into(),
             replicas: ReplicaBounds { min: 2, max: 8 },
             resources: None,
+            inline_receipts: false,
         },
         redis: ConnectionSource::url("redis://redis:6379"),
         postgres: ConnectionSource::secret("im-postgres", "url"),

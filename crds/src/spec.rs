@@ -77,6 +77,12 @@ pub struct LogicSpec {
     /// Container resources (requests and limits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Store each DELIVERED receipt inline in its recipient's inbox entry,
+    /// without a `messages` row (`IM_INLINE_RECEIPTS`). Turn on only once
+    /// every logic pod runs an image with migration 0009: older pods' pulls
+    /// skip such entries (docs/operations.md, Upgrade).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inline_receipts: bool,
 }
 
 /// Lower and upper replica bounds of one tier.

@@ -52,6 +52,10 @@ pub fn build_config_map(owner: &Owner, component: Component, spec: &ImClusterSpe
         Component::Logic => BTreeMap::from([
             ("IM_HTTP_ADDR".into(), format!("0.0.0.0:{LOGIC_HTTP_PORT}")),
             ("IM_GRPC_ADDR".into(), format!("0.0.0.0:{LOGIC_GRPC_PORT}")),
+            (
+                "IM_INLINE_RECEIPTS".into(),
+                spec.logic.inline_receipts.to_string(),
+            ),
             ("RUST_LOG".into(), "info".into()),
         ]),
     };
@@ -291,6 +295,25 @@ mod tests {
         assert_eq!(data["IM_TCP_ADDR"], "0.0.0.0:7000");
         assert_eq!(data["IM_HTTP_ADDR"], "0.0.0.0:7001");
         assert_eq!(data["IM_GRPC_ADDR"], "0.0.0.0:9100");
+    }
+
+    #[test]
+    fn logic_config_carries_inline_receipts_and_rolls_the_pods_when_it_changes() {
+        let owner = Owner::of(&sample_cluster()).expect("owner");
+        let spec = sample_cluster().spec;
+        let off = build_config_map(&owner, Component::Logic, &spec);
+        assert_eq!(
+            off.data.as_ref().expect("data")["IM_INLINE_RECEIPTS"],
+            "false"
+        );
+        let mut on_spec = spec.clone();
+        on_spec.logic.inline_receipts = true;
+        let on = build_config_map(&owner, Component::Logic, &on_spec);
+        assert_eq!(
+            on.data.as_ref().expect("data")["IM_INLINE_RECEIPTS"],
+            "true"
+        );
+        assert_ne!(config_hash(&off), config_hash(&on));
     }
 
     #[test]
