@@ -366,9 +366,11 @@ impl ChatClient {
     }
 
     /// Acknowledges the last contiguous sequence if it is not yet: now when
-    /// `now` is set, a held-back ACK is due or it would cover
-    /// [`QUIET_ACK_MAX_ENTRIES`]; otherwise, when something was handed out
-    /// (`handed_out`), within [`QUIET_ACK_DELAY`].
+    /// `now` is set, a held-back ACK is due, or something was handed out
+    /// (`handed_out`) and the ACK would cover [`QUIET_ACK_MAX_ENTRIES`];
+    /// otherwise, when something was handed out, within
+    /// [`QUIET_ACK_DELAY`]. Nothing handed out and nothing held back (only
+    /// this user's own messages since the last ACK): no ACK, as before.
     async fn settle(&self, now: bool, handed_out: bool) -> Result<(), ClientError> {
         let last = self.last_seq();
         let at = Instant::now();
@@ -379,7 +381,7 @@ impl ChatClient {
                 false
             } else if now
                 || st.ack_due.is_some_and(|due| due <= at)
-                || last - st.acked >= QUIET_ACK_MAX_ENTRIES
+                || (handed_out && last - st.acked >= QUIET_ACK_MAX_ENTRIES)
             {
                 st.acked = last;
                 st.ack_due = None;

@@ -922,14 +922,20 @@ async fn history_reads_the_partial_indexes_on_postgres() {
     assert_eq!((indexed, receipts, in_group_index), (20_000, 100, 0));
 }
 
-/// The generic plan of the writer's batch statement on `conn` (one ack, no
-/// message).
-async fn explain_batch(conn: &mut sqlx::PgConnection) -> String {
-    use im_logic::store::pg_batch::BATCH_SQL;
+/// The writer's batch statements: receipts in `messages`, and inline.
+const BATCH_STATEMENTS: [&str; 2] = [
+    im_logic::store::pg_batch::BATCH_SQL,
+    im_logic::store::pg_batch::INLINE_BATCH_SQL,
+];
+
+/// The generic plan of the writer's batch statement `k`
+/// ([`BATCH_STATEMENTS`]) on `conn` (one ack, no message).
+async fn explain_batch(conn: &mut sqlx::PgConnection, k: usize) -> String {
     use sqlx::Row;
+    let statement = BATCH_STATEMENTS[k];
     for q in [
         "SET plan_cache_mode = force_generic_plan".to_string(),
-        format!("PREPARE batch ({BATCH_PARAMS}) AS {BATCH_SQL}"),
+        format!("PREPARE batch{k} ({BATCH_PARAMS}) AS {statement}"),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(q))
             .execute(&mut *conn)
@@ -943,7 +949,7 @@ async fn explain_batch(conn: &mut sqlx::PgConnection) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "EXPLAIN EXECUTE batch ({args})"
+        "EXPLAIN EXECUTE batch{k} ({args})"
     )))
     .fetch_all(&mut *conn)
     .await
@@ -969,14 +975,17 @@ const BATCH_TABLES: [&str; 4] = ["user_seq", "device_cursors", "inbox", "message
 async fn the_ack_statement_reads_messages_by_key_even_when_planned_on_empty_tables() {
     let store = common::postgres("im_plan").await;
     store.create_user("a", "h", 0).await.unwrap();
-    let plan = explain_batch(&mut pg_conn(&store).await).await;
-    assert!(plan.contains("messages_pkey"), "{plan}");
-    // (`messages_sender_client_msg_id_key` is the insert's conflict arbiter.)
-    assert!(!plan.contains("using messages_sender "), "{plan}");
-    assert!(!plan.contains("on messages_sender "), "{plan}");
-    // Every table is read by index, however small it was when planned.
-    for table in BATCH_TABLES {
-        assert!(!plan.contains(&format!("Seq Scan on {table} ")), "{plan}");
+    let mut conn = pg_conn(&store).await;
+    for k in 0..BATCH_STATEMENTS.len() {
+        let plan = explain_batch(&mut conn, k).await;
+        assert!(plan.contains("messages_pkey"), "{plan}");
+        // (`messages_sender_client_msg_id_key` is the insert's conflict arbiter.)
+        assert!(!plan.contains("using messages_sender "), "{plan}");
+        assert!(!plan.contains("on messages_sender "), "{plan}");
+        // Every table is read by index, however small it was when planned.
+        for table in BATCH_TABLES {
+            assert!(!plan.contains(&format!("Seq Scan on {table} ")), "{plan}");
+        }
     }
 }
 
@@ -1000,10 +1009,12 @@ async fn the_writers_plan_reads_by_index_on_tables_analyzed_empty() {
     // (On an ordinary connection, Postgres 15 scans `user_seq`,
     // `device_cursors`, `inbox` and `messages` here.)
     let mut writer = im_logic::store::pg_batch::connect(&store).await.unwrap();
-    let plan = explain_batch(&mut writer).await;
-    assert_eq!(scans(&plan), Vec::<&str>::new(), "{plan}");
-    assert!(plan.contains("inbox_pkey"), "{plan}");
-    assert!(plan.contains("device_cursors_pkey"), "{plan}");
+    for k in 0..BATCH_STATEMENTS.len() {
+        let plan = explain_batch(&mut writer, k).await;
+        assert_eq!(scans(&plan), Vec::<&str>::new(), "{plan}");
+        assert!(plan.contains("inbox_pkey"), "{plan}");
+        assert!(plan.contains("device_cursors_pkey"), "{plan}");
+    }
 }
 
 /// `SHOW enable_seqscan` on `conn`.
