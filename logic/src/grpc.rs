@@ -72,6 +72,12 @@ impl Logic for LogicGrpc {
     }
 }
 
+/// How long a push or kick call to a gateway may take: a gateway that
+/// stops answering fails its calls (the messages stay in the inbox)
+/// instead of holding its lane of the pusher for good. A push call queues
+/// at most ~1 MiB on the gateway's connections; it takes milliseconds.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// gRPC clients to gateways, one lazily connected channel per address.
 #[derive(Default)]
 pub struct GatewayPool {
@@ -92,6 +98,9 @@ impl GatewayPool {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| ApiError::unavailable(format!("bad gateway address {addr}: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(CALL_TIMEOUT)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+            .keep_alive_timeout(std::time::Duration::from_secs(5))
             .tcp_nodelay(true);
         let client = GatewayClient::new(endpoint.connect_lazy());
         clients.insert(addr.to_string(), client.clone());

@@ -2,11 +2,13 @@
 //! touches storage, and a failed push loses nothing (the inbox is the truth).
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use im_common::api::GatewayApi;
-use im_common::route::{LiveRoute, RouteTable};
+use im_common::route::{LiveRoute, Route, RouteTable};
 use im_proto::logic::{PushBatch, PushItem};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics;
 use crate::store::Delivery;
@@ -66,24 +68,55 @@ pub fn plan_pushes(
     batches
 }
 
-/// Delivers batches in the order they were committed, merging those that
-/// wait behind a push in flight.
+/// Delivers batches in the order they were committed. A router looks up
+/// the routes of whatever committed meanwhile (one Redis call) and hands
+/// each gateway its part; one lane per gateway makes the calls, one after
+/// the other, merging parts that queued behind a call in flight. The router
+/// waits for its parts' calls before the next lookup, so that what commits
+/// meanwhile goes out together (one lookup and one call per gateway for
+/// many batches), but not for a gateway that has kept it waiting
+/// [`STALL`]: until that gateway's lane has caught up, the router leaves
+/// parts in its queue without waiting and drops those that find the queue
+/// full (the messages stay in the inbox, and clients pull the gap). So a
+/// gateway that stops answering holds back no other gateway's pushes.
 #[derive(Clone)]
 pub struct Pusher {
     tx: mpsc::Sender<Vec<Outgoing>>,
 }
 
+/// How long the router waits for a gateway's call before it stops waiting
+/// for that gateway.
+pub const STALL: Duration = Duration::from_millis(500);
+
+/// Parts a lane holds queued behind its call in flight.
+const LANE_DEPTH: usize = 64;
+
+/// A lane with nothing to push for this long ends (a gateway that went
+/// away leaves no task behind); the next part starts a new one.
+const LANE_IDLE: Duration = Duration::from_secs(30);
+
 impl Pusher {
     pub fn start(routes: Arc<dyn RouteTable>, gateways: Arc<dyn GatewayApi>) -> Pusher {
+        Pusher::with_idle(routes, gateways, LANE_IDLE)
+    }
+
+    fn with_idle(
+        routes: Arc<dyn RouteTable>,
+        gateways: Arc<dyn GatewayApi>,
+        idle: Duration,
+    ) -> Pusher {
         let (tx, mut rx) = mpsc::channel::<Vec<Outgoing>>(256);
         tokio::spawn(async move {
-            // Whatever queued up while the previous push was out goes out
-            // together (in commit order): one route lookup and one call per
-            // gateway however many batches committed meanwhile.
+            let mut lanes = Lanes {
+                routes: routes.clone(),
+                gateways,
+                idle,
+                open: HashMap::new(),
+            };
             let mut queued: Vec<Vec<Outgoing>> = Vec::new();
             while rx.recv_many(&mut queued, 64).await > 0 {
                 let batch: Vec<Outgoing> = queued.drain(..).flatten().collect();
-                push_once(routes.as_ref(), gateways.as_ref(), batch).await;
+                route_once(routes.as_ref(), &mut lanes, batch).await;
             }
         });
         Pusher { tx }
@@ -95,6 +128,172 @@ impl Pusher {
         }
         if self.tx.send(deliveries).await.is_err() {
             tracing::warn!("pusher stopped; messages stay in the inbox");
+        }
+    }
+}
+
+/// One gateway's part of a routed batch: the push, the routes it went to
+/// (those of connections the gateway no longer has are removed), and
+/// whom to tell once its call is done.
+struct Part {
+    batch: PushBatch,
+    routes: Vec<(i64, Route)>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+struct Lane {
+    tx: mpsc::Sender<Part>,
+    task: tokio::task::JoinHandle<()>,
+    /// Parts sent and not yet pushed (or failed).
+    pending: Arc<AtomicUsize>,
+    /// The lane kept the router waiting [`STALL`] and has not caught up since.
+    stalled: bool,
+}
+
+/// The router's lanes, by gateway address.
+struct Lanes {
+    routes: Arc<dyn RouteTable>,
+    gateways: Arc<dyn GatewayApi>,
+    idle: Duration,
+    open: HashMap<String, Lane>,
+}
+
+impl Lanes {
+    /// Queues `part` on its gateway's lane; returns what to wait on, unless
+    /// the lane is stalled. A part that finds the queue full is dropped.
+    fn send(&mut self, addr: &str, mut part: Part) -> Option<oneshot::Receiver<()>> {
+        loop {
+            let mut lane = match self.open.remove(addr) {
+                Some(lane) => lane,
+                None => self.spawn(addr, None),
+            };
+            let pending = lane.pending.fetch_add(1, Ordering::AcqRel);
+            lane.stalled &= pending > 0;
+            let (done, wait) = if lane.stalled {
+                (None, None)
+            } else {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            };
+            part.done = done;
+            match lane.tx.try_send(part) {
+                Ok(()) => {
+                    self.open.insert(addr.to_string(), lane);
+                    return wait;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    lane.pending.fetch_sub(1, Ordering::AcqRel);
+                    self.open.insert(addr.to_string(), lane);
+                    tracing::warn!(gateway = %addr, "gateway behind; push dropped, messages stay in the inbox");
+                    metrics::PUSH_FAILURES.inc();
+                    return None;
+                }
+                // The lane ended while idle: a new one pushes after it has
+                // pushed what it still held, so the order holds.
+                Err(mpsc::error::TrySendError::Closed(back)) => {
+                    part = back;
+                    let next = self.spawn(addr, Some(lane.task));
+                    self.open.insert(addr.to_string(), next);
+                }
+            }
+        }
+    }
+
+    fn spawn(&self, addr: &str, after: Option<tokio::task::JoinHandle<()>>) -> Lane {
+        let (tx, rx) = mpsc::channel(LANE_DEPTH);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(lane(
+            addr.to_string(),
+            (self.routes.clone(), self.gateways.clone()),
+            (rx, pending.clone(), self.idle),
+            after,
+        ));
+        Lane {
+            tx,
+            task,
+            pending,
+            stalled: false,
+        }
+    }
+}
+
+async fn lane(
+    addr: String,
+    (routes_table, gateways): (Arc<dyn RouteTable>, Arc<dyn GatewayApi>),
+    (mut rx, pending, idle): (mpsc::Receiver<Part>, Arc<AtomicUsize>, Duration),
+    after: Option<tokio::task::JoinHandle<()>>,
+) {
+    if let Some(previous) = after {
+        let _ = previous.await;
+    }
+    let mut queued: Vec<Part> = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, rx.recv_many(&mut queued, LANE_DEPTH)).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) => {
+                // Refuse new parts, then push what arrived meanwhile.
+                rx.close();
+                while let Ok(part) = rx.try_recv() {
+                    queued.push(part);
+                }
+                if queued.is_empty() {
+                    return;
+                }
+            }
+        }
+        let mut batch = PushBatch::default();
+        let mut sent_to = Vec::new();
+        let mut done = Vec::new();
+        let parts = queued.len();
+        for part in queued.drain(..) {
+            batch.items.extend(part.batch.items);
+            sent_to.extend(part.routes);
+            done.extend(part.done);
+        }
+        push_part(
+            routes_table.as_ref(),
+            gateways.as_ref(),
+            &addr,
+            batch,
+            &sent_to,
+        )
+        .await;
+        pending.fetch_sub(parts, Ordering::AcqRel);
+        for d in done {
+            let _ = d.send(());
+        }
+        if rx.is_closed() && rx.is_empty() {
+            return;
+        }
+    }
+}
+
+/// Pushes one gateway's merged parts; routes to connections it no longer
+/// has (it restarted) are stale and removed.
+async fn push_part(
+    routes_table: &dyn RouteTable,
+    gateways: &dyn GatewayApi,
+    addr: &str,
+    batch: PushBatch,
+    sent_to: &[(i64, Route)],
+) {
+    let missing = match push_in_calls(gateways, addr, batch).await {
+        Ok(missing) => missing,
+        Err(e) => {
+            tracing::warn!(gateway = %addr, error = %e, "push failed; messages stay in the inbox");
+            metrics::PUSH_FAILURES.inc();
+            return;
+        }
+    };
+    let mut removed: Vec<(i64, u64)> = Vec::new();
+    for (user, route) in sent_to {
+        if !missing.contains(&route.conn_id) || removed.contains(&(*user, route.conn_id)) {
+            continue;
+        }
+        removed.push((*user, route.conn_id));
+        if let Err(e) = routes_table.remove_route(*user, route).await {
+            tracing::debug!(error = %e, "failed to remove stale route");
         }
     }
 }
@@ -166,11 +365,8 @@ pub async fn push_in_calls(
     Ok(missing)
 }
 
-async fn push_once(
-    routes_table: &dyn RouteTable,
-    gateways: &dyn GatewayApi,
-    deliveries: Vec<Outgoing>,
-) {
+/// Looks up the routes of one merged batch and hands each gateway its part.
+async fn route_once(routes_table: &dyn RouteTable, lanes: &mut Lanes, deliveries: Vec<Outgoing>) {
     let mut users: Vec<i64> = deliveries.iter().map(|(d, _)| d.user).collect();
     users.sort_unstable();
     users.dedup();
@@ -189,30 +385,33 @@ async fn push_once(
             return;
         }
     };
-    let plans = plan_pushes(&deliveries, &live);
-    // One gateway's calls one after the other (they carry its users'
-    // messages in order); the gateways side by side.
-    let calls = plans.into_iter().map(|(addr, batch)| async move {
-        match push_in_calls(gateways, &addr, batch).await {
-            Ok(missing) => (addr, missing),
-            Err(e) => {
-                tracing::warn!(gateway = %addr, error = %e, "push failed; messages stay in the inbox");
-                metrics::PUSH_FAILURES.inc();
-                (addr, Vec::new())
-            }
+    let mut waits = Vec::new();
+    for (addr, batch) in plan_pushes(&deliveries, &live) {
+        let routes = live
+            .iter()
+            .flat_map(|(user, rs)| rs.iter().map(move |r| (*user, r)))
+            .filter(|(_, r)| r.gate_addr == addr)
+            .map(|(user, r)| (user, r.route.clone()))
+            .collect();
+        let part = Part {
+            batch,
+            routes,
+            done: None,
+        };
+        if let Some(wait) = lanes.send(&addr, part) {
+            waits.push((addr, wait));
         }
-    });
-    // Routes to connections their gateway no longer has (it restarted) are stale.
-    for (addr, missing) in futures::future::join_all(calls).await {
-        for (user, routes) in &live {
-            for r in routes {
-                if r.gate_addr == addr
-                    && missing.contains(&r.route.conn_id)
-                    && let Err(e) = routes_table.remove_route(*user, &r.route).await
-                {
-                    tracing::debug!(error = %e, "failed to remove stale route");
-                }
-            }
+    }
+    // Wait for the calls, so that what commits meanwhile goes out together,
+    // but at most STALL: a gateway whose call takes longer is not waited
+    // for again until its lane has caught up.
+    let deadline = tokio::time::Instant::now() + STALL;
+    for (addr, wait) in waits {
+        if tokio::time::timeout_at(deadline, wait).await.is_err()
+            && let Some(lane) = lanes.open.get_mut(&addr)
+        {
+            tracing::warn!(gateway = %addr, "gateway slow to take pushes; not waiting for it");
+            lane.stalled = true;
         }
     }
 }
@@ -220,8 +419,194 @@ async fn push_once(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use im_common::route::Route;
+    use im_common::api::ApiError;
+    use im_common::route::MemoryRouteTable;
     use im_proto::client::Message;
+    use im_proto::logic::{KickReply, KickRequest, PushReply};
+    use std::sync::Mutex;
+    use tokio::sync::Semaphore;
+
+    /// A push call as (address, [(connection, seq)]).
+    type Call = (String, Vec<(u64, u64)>);
+
+    /// Gateways that record each push call; a call to a held address waits for a permit, and a call's
+    /// connections in `gone` come back missing.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Mutex<Vec<Call>>,
+        held: HashMap<String, Arc<Semaphore>>,
+        gone: Vec<u64>,
+    }
+
+    #[async_trait::async_trait]
+    impl GatewayApi for Recorder {
+        async fn push(&self, addr: &str, batch: PushBatch) -> Result<PushReply, ApiError> {
+            if let Some(gate) = self.held.get(addr) {
+                gate.acquire().await.expect("open").forget();
+            }
+            let pushed: Vec<(u64, u64)> = batch
+                .items
+                .iter()
+                .flat_map(|i| i.messages.iter().map(|m| (i.conn_ids[0], m.seq)))
+                .collect();
+            let missing = pushed
+                .iter()
+                .map(|(c, _)| *c)
+                .filter(|c| self.gone.contains(c))
+                .collect();
+            self.calls.lock().unwrap().push((addr.to_string(), pushed));
+            Ok(PushReply {
+                missing_conn_ids: missing,
+                ..Default::default()
+            })
+        }
+
+        async fn kick(&self, _: &str, _: KickRequest) -> Result<KickReply, ApiError> {
+            Ok(KickReply::default())
+        }
+    }
+
+    impl Recorder {
+        fn calls(&self) -> Vec<Call> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        async fn wait_for(&self, n: usize) -> Vec<Call> {
+            for _ in 0..500 {
+                if self.calls.lock().unwrap().len() >= n {
+                    return self.calls();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            panic!("{n} calls expected, saw {:?}", self.calls());
+        }
+    }
+
+    /// Users 1 and 3 on gateway `a` (connections 10 and 30), user 2 on `b` (20).
+    async fn two_gateways() -> Arc<MemoryRouteTable> {
+        let routes = Arc::new(MemoryRouteTable::default());
+        for (gate, user, conn) in [("a", 1, 10), ("b", 2, 20), ("a", 3, 30)] {
+            routes
+                .register_gate(gate, &format!("addr-{gate}"), Duration::from_secs(60))
+                .await
+                .unwrap();
+            let route = Route {
+                device: 1,
+                gate_id: gate.into(),
+                conn_id: conn,
+            };
+            routes.set_route(user, &route).await.unwrap();
+        }
+        routes
+    }
+
+    fn on(calls: &[Call], addr: &str) -> Vec<Vec<(u64, u64)>> {
+        calls
+            .iter()
+            .filter(|(a, _)| a == addr)
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_gateway_that_does_not_answer_holds_back_no_other() {
+        let routes = two_gateways().await;
+        let held = Arc::new(Semaphore::new(0));
+        let gateways = Arc::new(Recorder {
+            held: HashMap::from([("addr-a".to_string(), held.clone())]),
+            ..Default::default()
+        });
+        let pusher = Pusher::start(routes, gateways.clone());
+        // a's first call hangs; b gets its part, and after STALL the router
+        // stops waiting for a.
+        pusher
+            .dispatch(vec![(delivery(1, 9, 1), None), (delivery(2, 9, 1), None)])
+            .await;
+        gateways.wait_for(1).await;
+        pusher
+            .dispatch(vec![(delivery(1, 9, 2), None), (delivery(2, 9, 2), None)])
+            .await;
+        pusher.dispatch(vec![(delivery(3, 9, 1), None)]).await;
+        let calls = gateways.wait_for(2).await;
+        assert_eq!(on(&calls, "addr-b"), vec![vec![(20, 1)], vec![(20, 2)]]);
+        assert!(on(&calls, "addr-a").is_empty(), "{calls:?}");
+        // Many more commits: b gets each at once; a's queue fills and the
+        // parts beyond it are dropped (they stay in the inbox).
+        for seq in 3..103 {
+            pusher
+                .dispatch(vec![
+                    (delivery(1, 9, seq), None),
+                    (delivery(2, 9, seq), None),
+                ])
+                .await;
+            gateways.wait_for(seq as usize).await;
+        }
+        assert_eq!(on(&gateways.calls(), "addr-b").len(), 102);
+        // Released, a gets its first part, then the parts its queue held
+        // in one call, in commit order: the second and third commits, then
+        // the next ones up to the queue's depth.
+        held.add_permits(1_000);
+        let calls = gateways.wait_for(104).await;
+        let a = on(&calls, "addr-a");
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert_eq!(a[0], vec![(10, 1)]);
+        let mut expected = vec![(10, 2), (30, 1)];
+        expected.extend((3..3 + LANE_DEPTH as u64 - 1).map(|seq| (10, seq)));
+        assert_eq!(a[1], expected);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(gateways.calls().len(), 104);
+        // Caught up, a is waited for and pushed to again.
+        pusher.dispatch(vec![(delivery(1, 9, 200), None)]).await;
+        let calls = gateways.wait_for(105).await;
+        assert_eq!(calls[104], ("addr-a".to_string(), vec![(10, 200)]));
+    }
+
+    #[tokio::test]
+    async fn an_idle_lane_ends_and_the_next_part_starts_another() {
+        let routes = two_gateways().await;
+        let gateways = Arc::new(Recorder::default());
+        let pusher = Pusher::with_idle(routes, gateways.clone(), Duration::from_millis(5));
+        for seq in 1..=3 {
+            pusher.dispatch(vec![(delivery(1, 9, seq), None)]).await;
+            gateways.wait_for(seq as usize).await;
+            // Longer than the lane's idle time: each part finds it ended.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        let calls = gateways.calls();
+        assert_eq!(
+            on(&calls, "addr-a"),
+            vec![vec![(10, 1)], vec![(10, 2)], vec![(10, 3)]]
+        );
+    }
+
+    #[tokio::test]
+    async fn routes_to_connections_a_gateway_no_longer_has_are_removed() {
+        let routes = two_gateways().await;
+        let gateways = Arc::new(Recorder {
+            gone: vec![10],
+            ..Default::default()
+        });
+        let pusher = Pusher::start(routes.clone(), gateways.clone());
+        pusher
+            .dispatch(vec![(delivery(1, 9, 1), None), (delivery(3, 9, 1), None)])
+            .await;
+        gateways.wait_for(1).await;
+        for _ in 0..500 {
+            if routes
+                .lookup(&[1])
+                .await
+                .unwrap()
+                .get(&1)
+                .is_none_or(Vec::is_empty)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let live = routes.lookup(&[1, 3]).await.unwrap();
+        assert!(live.get(&1).is_none_or(Vec::is_empty), "{live:?}");
+        assert_eq!(live[&3].len(), 1);
+    }
 
     fn delivery(user: i64, from: i64, seq: u64) -> Delivery {
         Delivery {

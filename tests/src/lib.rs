@@ -162,11 +162,26 @@ impl Proc {
 
     /// SIGTERM: ask for a graceful shutdown.
     pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("TERM")
+    }
+
+    /// SIGSTOP: the process stops running; its sockets stay open and the
+    /// kernel still takes what peers send, so they see no error.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        self.signal("STOP")
+    }
+
+    /// SIGCONT, after [`Self::freeze`].
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, name: &str) -> anyhow::Result<()> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()?;
         if !status.success() {
-            bail!("kill -TERM failed");
+            bail!("kill -{name} failed");
         }
         Ok(())
     }
