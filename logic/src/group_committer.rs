@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::committer::CommitterConfig;
 use crate::metrics;
-use crate::pusher::Origin;
+use crate::pusher::{Lanes, Origin};
 use crate::social::c2g::plan_group_push;
 use crate::store::{NewMessage, Store, Stored};
 
@@ -150,12 +150,15 @@ async fn run_shard(
 }
 
 /// Pushes stored batches in order, merging whatever is queued: one route
-/// lookup for all members concerned, one call per gateway.
+/// lookup for all members concerned, one call per gateway (in its lane,
+/// as the one-to-one pusher's: a gateway that stops answering holds back
+/// no other).
 async fn run_pushes(
     mut rx: mpsc::Receiver<Vec<Outgoing>>,
     routes: Arc<dyn RouteTable>,
     gateways: Arc<dyn GatewayApi>,
 ) {
+    let mut lanes = Lanes::new(routes.clone(), gateways);
     let mut queued: Vec<Vec<Outgoing>> = Vec::new();
     while rx.recv_many(&mut queued, 64).await > 0 {
         let outgoing: Vec<Outgoing> = queued.drain(..).flatten().collect();
@@ -173,17 +176,9 @@ async fn run_pushes(
                 continue;
             }
         };
-        let plans = plan_batched_group_push(&live, &outgoing);
-        let calls = plans.into_iter().map(|(addr, batch)| {
-            let gateways = gateways.clone();
-            async move {
-                if let Err(e) = crate::pusher::push_in_calls(gateways.as_ref(), &addr, batch).await {
-                    tracing::warn!(gateway = %addr, error = %e, "group push failed; members pull the messages");
-                    metrics::PUSH_FAILURES.inc();
-                }
-            }
-        });
-        futures::future::join_all(calls).await;
+        lanes
+            .push(plan_batched_group_push(&live, &outgoing), &live)
+            .await;
     }
 }
 

@@ -107,12 +107,7 @@ impl Pusher {
     ) -> Pusher {
         let (tx, mut rx) = mpsc::channel::<Vec<Outgoing>>(256);
         tokio::spawn(async move {
-            let mut lanes = Lanes {
-                routes: routes.clone(),
-                gateways,
-                idle,
-                open: HashMap::new(),
-            };
+            let mut lanes = Lanes::with_idle(routes.clone(), gateways, idle);
             let mut queued: Vec<Vec<Outgoing>> = Vec::new();
             while rx.recv_many(&mut queued, 64).await > 0 {
                 let batch: Vec<Outgoing> = queued.drain(..).flatten().collect();
@@ -150,8 +145,9 @@ struct Lane {
     stalled: bool,
 }
 
-/// The router's lanes, by gateway address.
-struct Lanes {
+/// Push calls to gateways, a lane per gateway, for a router that hands
+/// them their parts in order (see [`Pusher`]; the group pusher too).
+pub struct Lanes {
     routes: Arc<dyn RouteTable>,
     gateways: Arc<dyn GatewayApi>,
     idle: Duration,
@@ -159,6 +155,61 @@ struct Lanes {
 }
 
 impl Lanes {
+    pub fn new(routes: Arc<dyn RouteTable>, gateways: Arc<dyn GatewayApi>) -> Lanes {
+        Lanes::with_idle(routes, gateways, LANE_IDLE)
+    }
+
+    fn with_idle(
+        routes: Arc<dyn RouteTable>,
+        gateways: Arc<dyn GatewayApi>,
+        idle: Duration,
+    ) -> Lanes {
+        Lanes {
+            routes,
+            gateways,
+            idle,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Queues each gateway's push on its lane, then waits for the calls,
+    /// so that what commits meanwhile goes out together, but at most
+    /// [`STALL`]: a gateway whose call takes longer is not waited for again
+    /// until its lane has caught up. `live` holds the routes the pushes
+    /// went to: those of connections a gateway no longer has are removed.
+    pub async fn push(
+        &mut self,
+        plans: HashMap<String, PushBatch>,
+        live: &HashMap<i64, Vec<LiveRoute>>,
+    ) {
+        let mut waits = Vec::new();
+        for (addr, batch) in plans {
+            let routes = live
+                .iter()
+                .flat_map(|(user, rs)| rs.iter().map(move |r| (*user, r)))
+                .filter(|(_, r)| r.gate_addr == addr)
+                .map(|(user, r)| (user, r.route.clone()))
+                .collect();
+            let part = Part {
+                batch,
+                routes,
+                done: None,
+            };
+            if let Some(wait) = self.send(&addr, part) {
+                waits.push((addr, wait));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STALL;
+        for (addr, wait) in waits {
+            if tokio::time::timeout_at(deadline, wait).await.is_err()
+                && let Some(lane) = self.open.get_mut(&addr)
+            {
+                tracing::warn!(gateway = %addr, "gateway slow to take pushes; not waiting for it");
+                lane.stalled = true;
+            }
+        }
+    }
+
     /// Queues `part` on its gateway's lane; returns what to wait on, unless
     /// the lane is stalled. A part that finds the queue full is dropped.
     fn send(&mut self, addr: &str, mut part: Part) -> Option<oneshot::Receiver<()>> {
@@ -281,7 +332,7 @@ async fn push_part(
     let missing = match push_in_calls(gateways, addr, batch).await {
         Ok(missing) => missing,
         Err(e) => {
-            tracing::warn!(gateway = %addr, error = %e, "push failed; messages stay in the inbox");
+            tracing::warn!(gateway = %addr, error = %e, "push failed; the recipients pull the messages");
             metrics::PUSH_FAILURES.inc();
             return;
         }
@@ -385,35 +436,7 @@ async fn route_once(routes_table: &dyn RouteTable, lanes: &mut Lanes, deliveries
             return;
         }
     };
-    let mut waits = Vec::new();
-    for (addr, batch) in plan_pushes(&deliveries, &live) {
-        let routes = live
-            .iter()
-            .flat_map(|(user, rs)| rs.iter().map(move |r| (*user, r)))
-            .filter(|(_, r)| r.gate_addr == addr)
-            .map(|(user, r)| (user, r.route.clone()))
-            .collect();
-        let part = Part {
-            batch,
-            routes,
-            done: None,
-        };
-        if let Some(wait) = lanes.send(&addr, part) {
-            waits.push((addr, wait));
-        }
-    }
-    // Wait for the calls, so that what commits meanwhile goes out together,
-    // but at most STALL: a gateway whose call takes longer is not waited
-    // for again until its lane has caught up.
-    let deadline = tokio::time::Instant::now() + STALL;
-    for (addr, wait) in waits {
-        if tokio::time::timeout_at(deadline, wait).await.is_err()
-            && let Some(lane) = lanes.open.get_mut(&addr)
-        {
-            tracing::warn!(gateway = %addr, "gateway slow to take pushes; not waiting for it");
-            lane.stalled = true;
-        }
-    }
+    lanes.push(plan_pushes(&deliveries, &live), &live).await;
 }
 
 #[cfg(test)]

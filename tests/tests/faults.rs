@@ -111,30 +111,50 @@ async fn postgres_restarted() -> anyhow::Result<()> {
 
 /// A gateway that stops answering (frozen: its connections stay open and
 /// the kernel takes the pushes sent to it) holds back no push to another
-/// gateway's users; once it runs again its user gets what was stored.
+/// gateway's users, one-to-one or in a read-diffusion group; once it runs
+/// again its user gets what was stored.
 #[tokio::test]
 async fn a_frozen_gateway_holds_back_no_pushes_to_another() -> anyhow::Result<()> {
-    let cluster = Cluster::start(2, 1).await?;
+    let opts = ClusterOptions {
+        env: vec![("IM_GROUP_WRITE_DIFFUSION_MAX".into(), "2".into())],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start_with(opts, 2, 1).await?;
     let api = cluster.api(0);
     let alice = new_user(&api, &unique("alice")).await?;
     let bob = new_user(&api, &unique("bob")).await?;
     let carol = new_user(&api, &unique("carol")).await?;
+    let group = api
+        .create_group(&alice.token, "frozen", &[bob.id, carol.id], "open")
+        .await?;
+    assert_eq!(group["diffusion"], "read");
+    let group = group["id"].as_i64().unwrap_or_default();
     let a = online(&cluster.tcp_endpoint(0), &alice).await?;
     let b = online(&cluster.tcp_endpoint(1), &bob).await?;
     let c = online(&cluster.tcp_endpoint(0), &carol).await?;
     cluster.gateways[1].freeze()?;
     a.send_text(bob.id, "to bob, frozen").await?;
-    for k in 0..5 {
-        let text = format!("to carol #{k}");
-        a.send_text(carol.id, &text).await?;
-        let got = recv_n(&c, 1, Duration::from_secs(2)).await?;
-        let bodies: Vec<_> = got.iter().map(|m| m.body.to_vec()).collect();
-        assert_eq!(bodies, vec![text.into_bytes()], "carol's message {k}");
+    let mut to_bob = vec![b"to bob, frozen".to_vec()];
+    for k in 0..3 {
+        for to_group in [false, true] {
+            let text = format!("to carol #{k}, group {to_group}");
+            if to_group {
+                a.send_group_text(group, &text).await?;
+                to_bob.push(text.clone().into_bytes());
+            } else {
+                a.send_text(carol.id, &text).await?;
+            }
+            let got = recv_n(&c, 1, Duration::from_secs(2)).await?;
+            let bodies: Vec<_> = got.iter().map(|m| m.body.to_vec()).collect();
+            assert_eq!(bodies, vec![text.into_bytes()], "carol's message {k}");
+        }
     }
     cluster.gateways[1].thaw()?;
-    let got = recv_n(&b, 1, Duration::from_secs(10)).await?;
-    assert_eq!(got.len(), 1);
-    assert_eq!(&got[0].body[..], b"to bob, frozen");
+    let got = recv_n(&b, to_bob.len(), Duration::from_secs(10)).await?;
+    let mut bodies: Vec<_> = got.iter().map(|m| m.body.to_vec()).collect();
+    bodies.sort();
+    to_bob.sort();
+    assert_eq!(bodies, to_bob);
     Ok(())
 }
 
