@@ -97,17 +97,12 @@ const LANE_IDLE: Duration = Duration::from_secs(30);
 
 impl Pusher {
     pub fn start(routes: Arc<dyn RouteTable>, gateways: Arc<dyn GatewayApi>) -> Pusher {
-        Pusher::with_idle(routes, gateways, LANE_IDLE)
+        Pusher::with_lanes(routes.clone(), Lanes::new(routes, gateways))
     }
 
-    fn with_idle(
-        routes: Arc<dyn RouteTable>,
-        gateways: Arc<dyn GatewayApi>,
-        idle: Duration,
-    ) -> Pusher {
+    fn with_lanes(routes: Arc<dyn RouteTable>, mut lanes: Lanes) -> Pusher {
         let (tx, mut rx) = mpsc::channel::<Vec<Outgoing>>(256);
         tokio::spawn(async move {
-            let mut lanes = Lanes::with_idle(routes.clone(), gateways, idle);
             let mut queued: Vec<Vec<Outgoing>> = Vec::new();
             while rx.recv_many(&mut queued, 64).await > 0 {
                 let batch: Vec<Outgoing> = queued.drain(..).flatten().collect();
@@ -588,7 +583,8 @@ mod tests {
     async fn an_idle_lane_ends_and_the_next_part_starts_another() {
         let routes = two_gateways().await;
         let gateways = Arc::new(Recorder::default());
-        let pusher = Pusher::with_idle(routes, gateways.clone(), Duration::from_millis(5));
+        let lanes = Lanes::with_idle(routes.clone(), gateways.clone(), Duration::from_millis(5));
+        let pusher = Pusher::with_lanes(routes, lanes);
         for seq in 1..=3 {
             pusher.dispatch(vec![(delivery(1, 9, seq), None)]).await;
             gateways.wait_for(seq as usize).await;
