@@ -88,8 +88,16 @@ pub struct Pusher {
 /// for that gateway.
 pub const STALL: Duration = Duration::from_millis(500);
 
-/// Parts a lane holds queued behind its call in flight.
-const LANE_DEPTH: usize = 64;
+/// What a lane holds at most, counted in messages and routes (a part
+/// weighs its messages plus the routes it went to), beyond the part in
+/// flight: a gateway that stops answering gets this much queued before
+/// pushes to it are dropped; a slow one a few seconds of pushes (a push
+/// call has 5 s before it fails). ~10 MB at most of small messages.
+const LANE_MAX_QUEUED: usize = 65_536;
+
+/// Parts a lane holds, whatever they weigh (many small parts queue while
+/// the router no longer waits for a lane).
+const LANE_PARTS: usize = 8_192;
 
 /// A lane with nothing to push for this long ends (a gateway that went
 /// away leaves no task behind); the next part starts a new one.
@@ -131,10 +139,17 @@ struct Part {
     done: Option<oneshot::Sender<()>>,
 }
 
+impl Part {
+    fn weight(&self) -> usize {
+        let messages: usize = self.batch.items.iter().map(|i| i.messages.len()).sum();
+        messages + self.routes.len()
+    }
+}
+
 struct Lane {
     tx: mpsc::Sender<Part>,
     task: tokio::task::JoinHandle<()>,
-    /// Parts sent and not yet pushed (or failed).
+    /// The weight of the parts sent and not yet pushed (or failed).
     pending: Arc<AtomicUsize>,
     /// The lane kept the router waiting [`STALL`] and has not caught up since.
     stalled: bool,
@@ -146,23 +161,26 @@ pub struct Lanes {
     routes: Arc<dyn RouteTable>,
     gateways: Arc<dyn GatewayApi>,
     idle: Duration,
+    max_queued: usize,
     open: HashMap<String, Lane>,
 }
 
 impl Lanes {
     pub fn new(routes: Arc<dyn RouteTable>, gateways: Arc<dyn GatewayApi>) -> Lanes {
-        Lanes::with_idle(routes, gateways, LANE_IDLE)
+        Lanes::with_limits(routes, gateways, LANE_IDLE, LANE_MAX_QUEUED)
     }
 
-    fn with_idle(
+    fn with_limits(
         routes: Arc<dyn RouteTable>,
         gateways: Arc<dyn GatewayApi>,
         idle: Duration,
+        max_queued: usize,
     ) -> Lanes {
         Lanes {
             routes,
             gateways,
             idle,
+            max_queued,
             open: HashMap::new(),
         }
     }
@@ -206,15 +224,21 @@ impl Lanes {
     }
 
     /// Queues `part` on its gateway's lane; returns what to wait on, unless
-    /// the lane is stalled. A part that finds the queue full is dropped.
+    /// the lane is stalled. A part that finds the lane full is dropped.
     fn send(&mut self, addr: &str, mut part: Part) -> Option<oneshot::Receiver<()>> {
+        let weight = part.weight();
         loop {
             let mut lane = match self.open.remove(addr) {
                 Some(lane) => lane,
                 None => self.spawn(addr, None),
             };
-            let pending = lane.pending.fetch_add(1, Ordering::AcqRel);
+            let pending = lane.pending.fetch_add(weight, Ordering::AcqRel);
             lane.stalled &= pending > 0;
+            if pending > 0 && pending + weight > self.max_queued {
+                lane.pending.fetch_sub(weight, Ordering::AcqRel);
+                self.open.insert(addr.to_string(), lane);
+                return drop_part(addr);
+            }
             let (done, wait) = if lane.stalled {
                 (None, None)
             } else {
@@ -228,15 +252,14 @@ impl Lanes {
                     return wait;
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    lane.pending.fetch_sub(1, Ordering::AcqRel);
+                    lane.pending.fetch_sub(weight, Ordering::AcqRel);
                     self.open.insert(addr.to_string(), lane);
-                    tracing::warn!(gateway = %addr, "gateway behind; push dropped, messages stay in the inbox");
-                    metrics::PUSH_FAILURES.inc();
-                    return None;
+                    return drop_part(addr);
                 }
                 // The lane ended while idle: a new one pushes after it has
                 // pushed what it still held, so the order holds.
                 Err(mpsc::error::TrySendError::Closed(back)) => {
+                    lane.pending.fetch_sub(weight, Ordering::AcqRel);
                     part = back;
                     let next = self.spawn(addr, Some(lane.task));
                     self.open.insert(addr.to_string(), next);
@@ -246,7 +269,7 @@ impl Lanes {
     }
 
     fn spawn(&self, addr: &str, after: Option<tokio::task::JoinHandle<()>>) -> Lane {
-        let (tx, rx) = mpsc::channel(LANE_DEPTH);
+        let (tx, rx) = mpsc::channel(LANE_PARTS);
         let pending = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(lane(
             addr.to_string(),
@@ -263,6 +286,14 @@ impl Lanes {
     }
 }
 
+/// A gateway's lane is full: the part is not pushed, its messages wait
+/// in the inbox (or the group) for their recipients to pull them.
+fn drop_part(addr: &str) -> Option<oneshot::Receiver<()>> {
+    tracing::warn!(gateway = %addr, "gateway behind; push dropped, recipients pull the messages");
+    metrics::PUSH_FAILURES.inc();
+    None
+}
+
 async fn lane(
     addr: String,
     (routes_table, gateways): (Arc<dyn RouteTable>, Arc<dyn GatewayApi>),
@@ -274,7 +305,7 @@ async fn lane(
     }
     let mut queued: Vec<Part> = Vec::new();
     loop {
-        match tokio::time::timeout(idle, rx.recv_many(&mut queued, LANE_DEPTH)).await {
+        match tokio::time::timeout(idle, rx.recv_many(&mut queued, LANE_PARTS)).await {
             Ok(0) => return,
             Ok(_) => {}
             Err(_) => {
@@ -291,7 +322,7 @@ async fn lane(
         let mut batch = PushBatch::default();
         let mut sent_to = Vec::new();
         let mut done = Vec::new();
-        let parts = queued.len();
+        let weight: usize = queued.iter().map(Part::weight).sum();
         for part in queued.drain(..) {
             batch.items.extend(part.batch.items);
             sent_to.extend(part.routes);
@@ -305,7 +336,7 @@ async fn lane(
             &sent_to,
         )
         .await;
-        pending.fetch_sub(parts, Ordering::AcqRel);
+        pending.fetch_sub(weight, Ordering::AcqRel);
         for d in done {
             let _ = d.send(());
         }
@@ -534,7 +565,9 @@ mod tests {
             held: HashMap::from([("addr-a".to_string(), held.clone())]),
             ..Default::default()
         });
-        let pusher = Pusher::start(routes, gateways.clone());
+        // Room for 128 messages and routes: each part to a below weighs 2.
+        let lanes = Lanes::with_limits(routes.clone(), gateways.clone(), LANE_IDLE, 128);
+        let pusher = Pusher::with_lanes(routes, lanes);
         // a's first call hangs; b gets its part, and after STALL the router
         // stops waiting for a.
         pusher
@@ -569,7 +602,8 @@ mod tests {
         assert_eq!(a.len(), 2, "{a:?}");
         assert_eq!(a[0], vec![(10, 1)]);
         let mut expected = vec![(10, 2), (30, 1)];
-        expected.extend((3..3 + LANE_DEPTH as u64 - 1).map(|seq| (10, seq)));
+        // 2 (in flight) + 4 (the second and third commits) + 2 a commit.
+        expected.extend((3..64).map(|seq| (10, seq)));
         assert_eq!(a[1], expected);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(gateways.calls().len(), 104);
@@ -583,7 +617,8 @@ mod tests {
     async fn an_idle_lane_ends_and_the_next_part_starts_another() {
         let routes = two_gateways().await;
         let gateways = Arc::new(Recorder::default());
-        let lanes = Lanes::with_idle(routes.clone(), gateways.clone(), Duration::from_millis(5));
+        let idle = Duration::from_millis(5);
+        let lanes = Lanes::with_limits(routes.clone(), gateways.clone(), idle, LANE_MAX_QUEUED);
         let pusher = Pusher::with_lanes(routes, lanes);
         for seq in 1..=3 {
             pusher.dispatch(vec![(delivery(1, 9, seq), None)]).await;
