@@ -109,7 +109,8 @@ for name in ("im_gateway_connections", "im_logic_messages_total",
              "im_logic_store_busy_seconds_total", "im_logic_store_wait_seconds_bucket",
              "im_operator_reconcile_total", "im_operator_desired_replicas",
              "im_operator_ready_replicas", "im_gateway_acks_total",
-             "im_logic_acks_queued", "im_logic_acks_dropped_total"):
+             "im_logic_acks_queued", "im_logic_acks_dropped_total",
+             "im_logic_push_failures_total"):
     assert any(name in e for e in exprs), f"dashboard does not query {name}"
 print(f"ok: {len(dash['panels'])} panels, {len(exprs)} queries")
 PY
