@@ -6,8 +6,8 @@
 //! - `{prefix}gate:{gate_id}` → gRPC address of the gateway, with a short TTL the
 //!   gateway keeps renewing; a dead gateway disappears on its own.
 //! - `{prefix}route:{user_id}` → hash `device type → "{gate_id}|{conn_id}"`.
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -194,7 +194,18 @@ impl RouteTable for MemoryRouteTable {
 pub struct RedisRouteTable {
     conn: ConnectionManager,
     prefix: String,
+    /// Gateway addresses read within [`GATE_ADDR_TTL`], by gateway id.
+    gates: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
+
+/// How long a lookup trusts a gateway's registration it has read: the
+/// gateways of a push's routes are then known without a second round trip
+/// to Redis (the `MGET` of their keys took one on the path of every push).
+/// A gateway that unregisters (drains) may so get pushes for this much
+/// longer from each logic process; it answers that it no longer has the
+/// connections, and their routes are removed. A registration seen missing
+/// is never remembered: a route counts as offline only on a fresh read.
+pub const GATE_ADDR_TTL: Duration = Duration::from_secs(1);
 
 const SET_ROUTE: &str = r"
 local old = redis.call('HGET', KEYS[1], ARGV[1])
@@ -217,7 +228,49 @@ impl RedisRouteTable {
         Ok(RedisRouteTable {
             conn,
             prefix: prefix.to_string(),
+            gates: Arc::default(),
         })
+    }
+
+    /// The addresses of the registered gateways among `routes`' (see
+    /// [`GATE_ADDR_TTL`]): those read within it as they were, the others
+    /// read now.
+    async fn gate_addrs(
+        &self,
+        conn: &mut ConnectionManager,
+        routes: &[(i64, Route)],
+    ) -> Result<HashMap<String, String>, RouteError> {
+        let mut live = HashMap::new();
+        let mut unknown = Vec::new();
+        {
+            let known = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, r) in routes {
+                if live.contains_key(&r.gate_id) || unknown.contains(&r.gate_id) {
+                    continue;
+                }
+                match known.get(&r.gate_id) {
+                    Some((addr, at)) if at.elapsed() < GATE_ADDR_TTL => {
+                        live.insert(r.gate_id.clone(), addr.clone());
+                    }
+                    _ => unknown.push(r.gate_id.clone()),
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(live);
+        }
+        let keys: Vec<String> = unknown.iter().map(|g| self.gate_key(g)).collect();
+        let addrs: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(conn).await?;
+        let now = Instant::now();
+        let mut known = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|_, (_, at)| at.elapsed() < GATE_ADDR_TTL);
+        for (gate, addr) in unknown.into_iter().zip(addrs) {
+            if let Some(addr) = addr {
+                known.insert(gate.clone(), (addr.clone(), now));
+                live.insert(gate, addr);
+            }
+        }
+        Ok(live)
     }
 
     pub fn connection(&self) -> ConnectionManager {
@@ -262,6 +315,10 @@ impl RouteTable for RedisRouteTable {
     }
 
     async fn unregister_gate(&self, gate_id: &str) -> Result<(), RouteError> {
+        self.gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(gate_id);
         let mut conn = self.conn.clone();
         redis::cmd("DEL")
             .arg(self.gate_key(gate_id))
@@ -329,23 +386,7 @@ impl RouteTable for RedisRouteTable {
                     .filter_map(move |(d, v)| Route::decode(&d, &v).map(|r| (*user, r)))
             })
             .collect();
-        let gates: Vec<String> = routes
-            .iter()
-            .map(|(_, r)| r.gate_id.clone())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        if gates.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let keys: Vec<String> = gates.iter().map(|g| self.gate_key(g)).collect();
-        let addrs: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
-        let live: HashMap<&str, String> = gates
-            .iter()
-            .zip(addrs)
-            .filter_map(|(g, a)| a.map(|a| (g.as_str(), a)))
-            .collect();
+        let live = self.gate_addrs(&mut conn, &routes).await?;
         let mut out: HashMap<i64, Vec<LiveRoute>> = HashMap::new();
         let mut dead = Vec::new();
         for (user, route) in routes {
@@ -414,6 +455,32 @@ mod tests {
             }]
         );
         assert!(!found.contains_key(&8));
+        // Two users on one gateway, one of them on two gateways.
+        table
+            .register_gate("g|3", "10.0.0.3:9100", Duration::from_secs(30))
+            .await
+            .unwrap();
+        table.set_route(10, &route(1, "g1", 21)).await.unwrap();
+        table.set_route(10, &route(2, "g|3", 22)).await.unwrap();
+        let found = table.lookup(&[10, 8, 7]).await.unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[&7].len(), 1);
+        let mut tens: Vec<(u64, &str)> = found[&10]
+            .iter()
+            .map(|r| (r.route.conn_id, r.gate_addr.as_str()))
+            .collect();
+        tens.sort();
+        assert_eq!(tens, vec![(21, "10.0.0.1:9100"), (22, "10.0.0.3:9100")]);
+        assert_eq!(
+            found[&10]
+                .iter()
+                .find(|r| r.route.conn_id == 22)
+                .unwrap()
+                .route,
+            route(2, "g|3", 22)
+        );
+        table.unregister_gate("g|3").await.unwrap();
+        assert_eq!(table.lookup(&[10]).await.unwrap()[&10].len(), 1);
         // Removing a route that was replaced does nothing.
         assert!(!table.remove_route(7, &route(1, "g1", 11)).await.unwrap());
         assert!(table.remove_route(7, &route(1, "g1", 12)).await.unwrap());
@@ -447,6 +514,31 @@ mod tests {
             .await
             .expect("redis must be running for tests (scripts/test.sh starts it)");
         exercise(&t).await;
+    }
+
+    #[tokio::test]
+    async fn redis_lookups_trust_a_registration_they_read_for_a_second() {
+        let url = std::env::var("IM_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_string());
+        let prefix = format!("test-gates-{}-{}:", std::process::id(), rand_suffix());
+        // Two processes' tables: a gateway's and a logic process's.
+        let gateway = RedisRouteTable::connect(&url, &prefix).await.unwrap();
+        let logic = RedisRouteTable::connect(&url, &prefix).await.unwrap();
+        let r = route(1, "g", 5);
+        gateway.set_route(1, &r).await.unwrap();
+        assert!(logic.lookup(&[1]).await.unwrap().is_empty());
+        // A registration seen missing is not remembered.
+        gateway
+            .register_gate("g", "10.0.0.9:9100", Duration::from_secs(30))
+            .await
+            .unwrap();
+        gateway.set_route(1, &r).await.unwrap();
+        assert_eq!(logic.lookup(&[1]).await.unwrap()[&1].len(), 1);
+        // One read is trusted for GATE_ADDR_TTL, then read again.
+        gateway.unregister_gate("g").await.unwrap();
+        assert_eq!(logic.lookup(&[1]).await.unwrap()[&1].len(), 1);
+        tokio::time::sleep(GATE_ADDR_TTL + Duration::from_millis(100)).await;
+        assert!(logic.lookup(&[1]).await.unwrap().is_empty());
     }
 
     fn rand_suffix() -> u128 {
