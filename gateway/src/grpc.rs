@@ -85,7 +85,19 @@ pub struct GrpcLogic {
     round_robin: AtomicUsize,
     /// Largest gRPC message either way ([`im_common::api::grpc_message_limit`]).
     max_message: usize,
+    /// How long a login waits for one endpoint ([`AUTH_CALL_TIMEOUT`]).
+    auth_timeout: Duration,
 }
+
+/// How long a login waits for one logic endpoint before it asks the next:
+/// an endpoint that stops answering (a frozen process, a connection cut
+/// without a reset) would otherwise hold every login sent its way until
+/// HTTP/2 keep-alive gives up on its connection (~30 s, the SDK's whole
+/// request timeout). Well above a login's time under a reconnect storm
+/// (10,000 clients took 2.1 s in all, docs/benchmarks.md), so a busy
+/// endpoint is not asked twice. A login is safe to ask again: it verifies
+/// the token and records the connection's route, the same either way.
+pub const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl GrpcLogic {
     /// A client of `addrs` as given ([`GrpcLogic::refresh`] resolves them),
@@ -122,6 +134,7 @@ impl GrpcLogic {
             next_req: AtomicU64::new(1),
             round_robin: AtomicUsize::new(0),
             max_message,
+            auth_timeout: AUTH_CALL_TIMEOUT,
         })
     }
 
@@ -249,9 +262,14 @@ impl LogicApi for GrpcLogic {
         let mut last = ApiError::unavailable("no logic endpoint reachable");
         for i in 0..eps.len() {
             let ep = &eps[(start + i) % eps.len()];
-            match ep.client.clone().auth(req.clone()).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(s) => {
+            let mut client = ep.client.clone();
+            match tokio::time::timeout(self.auth_timeout, client.auth(req.clone())).await {
+                Err(_) => {
+                    tracing::warn!(logic = %ep.addr, "logic did not answer a login in time; asking the next");
+                    last = ApiError::unavailable("logic did not answer in time; retry");
+                }
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) => {
                     let e = ApiError::from_status(&s);
                     if !e.retryable {
                         return Err(e);
@@ -352,8 +370,14 @@ mod tests {
 
     #[async_trait]
     impl Logic for FakeLogic {
-        async fn auth(&self, _: Request<AuthRequest>) -> Result<Response<AuthReply>, Status> {
-            Err(Status::unimplemented("not in this test"))
+        async fn auth(&self, req: Request<AuthRequest>) -> Result<Response<AuthReply>, Status> {
+            let conn = req.into_inner().conn_id as i64;
+            self.seen.lock().unwrap().push(conn);
+            let _ = self.hold.clone().wait_for(|held| !held).await;
+            Ok(Response::new(AuthReply {
+                user_id: conn,
+                ..AuthReply::default()
+            }))
         }
 
         type UpstreamStream = ReceiverStream<Result<UpReply, Status>>;
@@ -491,6 +515,35 @@ mod tests {
         send_all(&logic, 1..=200).await;
         assert!(a.take().is_empty());
         assert_eq!(b.take().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_login_an_endpoint_does_not_answer_goes_to_the_next() {
+        let (a, b, mut logic, dns) = two_pods().await;
+        *dns.lock().unwrap() = vec![a.addr, b.addr];
+        assert!(logic.refresh().await);
+        logic.auth_timeout = Duration::from_millis(300);
+        a.hold.send_replace(true);
+        let started = std::time::Instant::now();
+        for conn in 1..=4u64 {
+            let login = logic.auth(AuthRequest {
+                conn_id: conn,
+                ..AuthRequest::default()
+            });
+            let reply = tokio::time::timeout(Duration::from_secs(5), login)
+                .await
+                .expect("a login that waits on the held pod alone")
+                .expect("answered by the other pod");
+            assert_eq!(reply.user_id, conn as i64);
+        }
+        // Round robin asked a first for half of them; b answered all four.
+        assert_eq!(b.take(), [1, 2, 3, 4]);
+        assert_eq!(a.take().len(), 2);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -158,6 +158,37 @@ async fn a_frozen_gateway_holds_back_no_pushes_to_another() -> anyhow::Result<()
     Ok(())
 }
 
+/// Logins while one of two logic processes is frozen: a gateway asks the
+/// other one after 5 s instead of waiting until HTTP/2 keep-alive gives up
+/// on the frozen one's connection (~30 s, the SDK's own timeout).
+#[tokio::test]
+async fn logins_go_round_a_frozen_logic_process() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1, 2).await?;
+    let api = cluster.api(0);
+    let mut users = Vec::new();
+    for i in 0..4 {
+        users.push(new_user(&api, &unique(&format!("login{i}"))).await?);
+    }
+    cluster.logic[1].freeze()?;
+    let started = std::time::Instant::now();
+    let endpoint = cluster.tcp_endpoint(0);
+    let logins = users
+        .iter()
+        .map(|u| tokio::time::timeout(Duration::from_secs(15), online(&endpoint, u)));
+    for (i, login) in futures::future::join_all(logins)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        login
+            .map_err(|_| anyhow::anyhow!("login {i} still waiting after 15 s"))?
+            .map_err(|e| anyhow::anyhow!("login {i}: {e}"))?;
+    }
+    eprintln!("4 logins in {:?}", started.elapsed());
+    cluster.logic[1].thaw()?;
+    Ok(())
+}
+
 async fn route_fields(redis_url: &str, key: &str) -> anyhow::Result<usize> {
     let client = redis::Client::open(redis_url)?;
     let mut conn = client.get_multiplexed_async_connection().await?;
