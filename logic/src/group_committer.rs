@@ -176,9 +176,8 @@ async fn run_pushes(
                 continue;
             }
         };
-        lanes
-            .push(plan_batched_group_push(&live, &outgoing), &live)
-            .await;
+        let plans = plan_batched_group_push(&live, &outgoing);
+        lanes.push(plans, Arc::new(live)).await;
     }
 }
 

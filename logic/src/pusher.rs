@@ -88,11 +88,11 @@ pub struct Pusher {
 /// for that gateway.
 pub const STALL: Duration = Duration::from_millis(500);
 
-/// What a lane holds at most, counted in messages and routes (a part
-/// weighs its messages plus the routes it went to), beyond the part in
-/// flight: a gateway that stops answering gets this much queued before
-/// pushes to it are dropped; a slow one a few seconds of pushes (a push
-/// call has 5 s before it fails). ~10 MB at most of small messages.
+/// What a lane holds at most, counted in messages (and one for each part),
+/// beyond the part in flight: a gateway that stops answering gets this
+/// much queued before pushes to it are dropped; a slow one a few seconds
+/// of pushes (a push call has 5 s before it fails). ~10 MB at most of
+/// small messages.
 const LANE_MAX_QUEUED: usize = 65_536;
 
 /// Parts a lane holds, whatever they weigh (many small parts queue while
@@ -130,19 +130,22 @@ impl Pusher {
     }
 }
 
-/// One gateway's part of a routed batch: the push, the routes it went to
-/// (those of connections the gateway no longer has are removed), and
-/// whom to tell once its call is done.
+/// The routes a batch was planned with, shared by its parts.
+type Live = Arc<HashMap<i64, Vec<LiveRoute>>>;
+
+/// One gateway's part of a routed batch: the push, the routes it was
+/// planned with (those to connections the gateway no longer has are
+/// removed), and whom to tell once its call is done.
 struct Part {
     batch: PushBatch,
-    routes: Vec<(i64, Route)>,
+    live: Live,
     done: Option<oneshot::Sender<()>>,
 }
 
 impl Part {
     fn weight(&self) -> usize {
         let messages: usize = self.batch.items.iter().map(|i| i.messages.len()).sum();
-        messages + self.routes.len()
+        messages + 1
     }
 }
 
@@ -189,23 +192,14 @@ impl Lanes {
     /// so that what commits meanwhile goes out together, but at most
     /// [`STALL`]: a gateway whose call takes longer is not waited for again
     /// until its lane has caught up. `live` holds the routes the pushes
-    /// went to: those of connections a gateway no longer has are removed.
-    pub async fn push(
-        &mut self,
-        plans: HashMap<String, PushBatch>,
-        live: &HashMap<i64, Vec<LiveRoute>>,
-    ) {
+    /// were planned with: those to connections a gateway no longer has are
+    /// removed.
+    pub async fn push(&mut self, plans: HashMap<String, PushBatch>, live: Live) {
         let mut waits = Vec::new();
         for (addr, batch) in plans {
-            let routes = live
-                .iter()
-                .flat_map(|(user, rs)| rs.iter().map(move |r| (*user, r)))
-                .filter(|(_, r)| r.gate_addr == addr)
-                .map(|(user, r)| (user, r.route.clone()))
-                .collect();
             let part = Part {
                 batch,
-                routes,
+                live: live.clone(),
                 done: None,
             };
             if let Some(wait) = self.send(&addr, part) {
@@ -320,12 +314,14 @@ async fn lane(
             }
         }
         let mut batch = PushBatch::default();
-        let mut sent_to = Vec::new();
+        let mut planned: Vec<Live> = Vec::new();
         let mut done = Vec::new();
         let weight: usize = queued.iter().map(Part::weight).sum();
         for part in queued.drain(..) {
             batch.items.extend(part.batch.items);
-            sent_to.extend(part.routes);
+            if !planned.iter().any(|l| Arc::ptr_eq(l, &part.live)) {
+                planned.push(part.live);
+            }
             done.extend(part.done);
         }
         push_part(
@@ -333,7 +329,7 @@ async fn lane(
             gateways.as_ref(),
             &addr,
             batch,
-            &sent_to,
+            &planned,
         )
         .await;
         pending.fetch_sub(weight, Ordering::AcqRel);
@@ -353,7 +349,7 @@ async fn push_part(
     gateways: &dyn GatewayApi,
     addr: &str,
     batch: PushBatch,
-    sent_to: &[(i64, Route)],
+    planned: &[Live],
 ) {
     let missing = match push_in_calls(gateways, addr, batch).await {
         Ok(missing) => missing,
@@ -363,13 +359,20 @@ async fn push_part(
             return;
         }
     };
-    let mut removed: Vec<(i64, u64)> = Vec::new();
-    for (user, route) in sent_to {
-        if !missing.contains(&route.conn_id) || removed.contains(&(*user, route.conn_id)) {
-            continue;
-        }
-        removed.push((*user, route.conn_id));
-        if let Err(e) = routes_table.remove_route(*user, route).await {
+    if missing.is_empty() {
+        return;
+    }
+    let mut stale: Vec<(i64, &Route)> = planned
+        .iter()
+        .flat_map(|live| live.iter())
+        .flat_map(|(user, routes)| routes.iter().map(move |r| (*user, r)))
+        .filter(|(_, r)| r.gate_addr == addr && missing.contains(&r.route.conn_id))
+        .map(|(user, r)| (user, &r.route))
+        .collect();
+    stale.sort_unstable_by_key(|(user, r)| (*user, r.conn_id));
+    stale.dedup_by_key(|(user, r)| (*user, r.conn_id));
+    for (user, route) in stale {
+        if let Err(e) = routes_table.remove_route(user, route).await {
             tracing::debug!(error = %e, "failed to remove stale route");
         }
     }
@@ -462,7 +465,8 @@ async fn route_once(routes_table: &dyn RouteTable, lanes: &mut Lanes, deliveries
             return;
         }
     };
-    lanes.push(plan_pushes(&deliveries, &live), &live).await;
+    let plans = plan_pushes(&deliveries, &live);
+    lanes.push(plans, Arc::new(live)).await;
 }
 
 #[cfg(test)]
@@ -565,7 +569,7 @@ mod tests {
             held: HashMap::from([("addr-a".to_string(), held.clone())]),
             ..Default::default()
         });
-        // Room for 128 messages and routes: each part to a below weighs 2.
+        // Room for 128: each part to a below weighs 2 (a message and itself).
         let lanes = Lanes::with_limits(routes.clone(), gateways.clone(), LANE_IDLE, 128);
         let pusher = Pusher::with_lanes(routes, lanes);
         // a's first call hangs; b gets its part, and after STALL the router
@@ -602,7 +606,8 @@ mod tests {
         assert_eq!(a.len(), 2, "{a:?}");
         assert_eq!(a[0], vec![(10, 1)]);
         let mut expected = vec![(10, 2), (30, 1)];
-        // 2 (in flight) + 4 (the second and third commits) + 2 a commit.
+        // 2 (in flight) + 3 (the second and third commits, routed together
+        // while the router waited) + 2 a commit.
         expected.extend((3..64).map(|seq| (10, seq)));
         assert_eq!(a[1], expected);
         tokio::time::sleep(Duration::from_millis(20)).await;
