@@ -88,11 +88,11 @@ pub struct Pusher {
 /// for that gateway.
 pub const STALL: Duration = Duration::from_millis(500);
 
-/// What a lane holds at most, counted in messages (and one for each part),
-/// beyond the part in flight: a gateway that stops answering gets this
-/// much queued before pushes to it are dropped; a slow one a few seconds
-/// of pushes (a push call has 5 s before it fails). ~10 MB at most of
-/// small messages.
+/// What a lane holds at most, beyond the part in flight, counted in
+/// messages and in the users of the route maps its parts keep (one for
+/// each part besides): a gateway that stops answering gets this much
+/// queued before pushes to it are dropped; a slow one a few seconds of
+/// pushes (a push call has 5 s before it fails). ~10 MB at most.
 const LANE_MAX_QUEUED: usize = 65_536;
 
 /// Parts a lane holds, whatever they weigh (many small parts queue while
@@ -145,7 +145,7 @@ struct Part {
 impl Part {
     fn weight(&self) -> usize {
         let messages: usize = self.batch.items.iter().map(|i| i.messages.len()).sum();
-        messages + 1
+        messages + self.live.len() + 1
     }
 }
 
@@ -569,8 +569,9 @@ mod tests {
             held: HashMap::from([("addr-a".to_string(), held.clone())]),
             ..Default::default()
         });
-        // Room for 128: each part to a below weighs 2 (a message and itself).
-        let lanes = Lanes::with_limits(routes.clone(), gateways.clone(), LANE_IDLE, 128);
+        // Room for 256. A part weighs its messages, the users of its route
+        // map and one: each part to a below weighs 4 (users 1 and 2).
+        let lanes = Lanes::with_limits(routes.clone(), gateways.clone(), LANE_IDLE, 256);
         let pusher = Pusher::with_lanes(routes, lanes);
         // a's first call hangs; b gets its part, and after STALL the router
         // stops waiting for a.
@@ -606,8 +607,8 @@ mod tests {
         assert_eq!(a.len(), 2, "{a:?}");
         assert_eq!(a[0], vec![(10, 1)]);
         let mut expected = vec![(10, 2), (30, 1)];
-        // 2 (in flight) + 3 (the second and third commits, routed together
-        // while the router waited) + 2 a commit.
+        // 4 (in flight) + 6 (the second and third commits, routed together
+        // while the router waited: two messages, three users) + 4 a commit.
         expected.extend((3..64).map(|seq| (10, seq)));
         assert_eq!(a[1], expected);
         tokio::time::sleep(Duration::from_millis(20)).await;
