@@ -451,6 +451,16 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
 }
 
+impl ClusterOptions {
+    /// The default options, with `key=value` in every process's environment.
+    pub fn with_env(key: &str, value: impl ToString) -> ClusterOptions {
+        ClusterOptions {
+            env: vec![(key.to_string(), value.to_string())],
+            ..ClusterOptions::default()
+        }
+    }
+}
+
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {

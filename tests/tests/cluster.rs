@@ -273,10 +273,7 @@ async fn a_server_whose_port_was_taken_is_started_again_on_fresh_ports() -> anyh
 async fn acks_that_store_no_receipt_wait_for_the_connection_to_end() -> anyhow::Result<()> {
     use im_proto::client::DeviceType;
 
-    let opts = ClusterOptions {
-        env: vec![("IM_ACK_TIMEOUT_MS".into(), "60000".into())],
-        ..ClusterOptions::default()
-    };
+    let opts = ClusterOptions::with_env("IM_ACK_TIMEOUT_MS", "60000");
     let cluster = Cluster::start_with(opts, 1, 1).await?;
     let db = sqlx::PgPool::connect(&cluster.database_url).await?;
     let cursor = async |user: i64| -> anyhow::Result<i64> {
@@ -364,10 +361,7 @@ async fn acks_that_store_no_receipt_wait_for_the_connection_to_end() -> anyhow::
 async fn inline_receipts_are_pushed_and_pulled() -> anyhow::Result<()> {
     use im_proto::client::DeviceType;
 
-    let opts = ClusterOptions {
-        env: vec![("IM_INLINE_RECEIPTS".into(), "true".into())],
-        ..ClusterOptions::default()
-    };
+    let opts = ClusterOptions::with_env("IM_INLINE_RECEIPTS", "true");
     let cluster = Cluster::start_with(opts, 1, 1).await?;
     let a = new_user(&cluster.api(0), &unique("a")).await?;
     let b = new_user(&cluster.api(0), &unique("b")).await?;

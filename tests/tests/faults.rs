@@ -29,10 +29,7 @@ fn burst(cluster: &Cluster, users: Vec<TestUser>) -> Burst {
 }
 
 fn fast_acks() -> ClusterOptions {
-    ClusterOptions {
-        env: vec![("IM_ACK_TIMEOUT_MS".into(), "500".into())],
-        ..ClusterOptions::default()
-    }
+    ClusterOptions::with_env("IM_ACK_TIMEOUT_MS", "500")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,10 +112,7 @@ async fn postgres_restarted() -> anyhow::Result<()> {
 /// again its user gets what was stored.
 #[tokio::test]
 async fn a_frozen_gateway_holds_back_no_pushes_to_another() -> anyhow::Result<()> {
-    let opts = ClusterOptions {
-        env: vec![("IM_GROUP_WRITE_DIFFUSION_MAX".into(), "2".into())],
-        ..ClusterOptions::default()
-    };
+    let opts = ClusterOptions::with_env("IM_GROUP_WRITE_DIFFUSION_MAX", "2");
     let cluster = Cluster::start_with(opts, 2, 1).await?;
     let api = cluster.api(0);
     let alice = new_user(&api, &unique("alice")).await?;

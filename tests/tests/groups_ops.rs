@@ -13,10 +13,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// A cluster (two gateways, one logic process, Postgres) with friends-only chat.
 async fn cluster() -> anyhow::Result<Cluster> {
-    let opts = ClusterOptions {
-        env: vec![("IM_C2C_POLICY".into(), "friends".into())],
-        ..Default::default()
-    };
+    let opts = ClusterOptions::with_env("IM_C2C_POLICY", "friends");
     Cluster::start_with(opts, 2, 1).await
 }
 

@@ -15,10 +15,7 @@ async fn refusals_on_sqlite() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn refusals_on_postgres() -> anyhow::Result<()> {
-    let opts = ClusterOptions {
-        env: vec![("IM_C2C_POLICY".into(), "friends".into())],
-        ..Default::default()
-    };
+    let opts = ClusterOptions::with_env("IM_C2C_POLICY", "friends");
     let c = Cluster::start_with(opts, 1, 1).await?;
     refusals(c.api(0), c.tcp_endpoint(0)).await
 }

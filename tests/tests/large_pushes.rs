@@ -46,10 +46,7 @@ async fn a_large_group_message_is_pushed_to_every_member() -> anyhow::Result<()>
 /// send is answered SENT and the recipient gets it pushed and pulled.
 #[tokio::test]
 async fn a_message_near_a_raised_max_body_goes_through() -> anyhow::Result<()> {
-    let opts = ClusterOptions {
-        env: vec![("IM_MAX_BODY".into(), (8 << 20).to_string())],
-        ..ClusterOptions::default()
-    };
+    let opts = ClusterOptions::with_env("IM_MAX_BODY", 8 << 20);
     let cluster = Cluster::start_with(opts, 1, 1).await?;
     let api = cluster.api(0);
     let alice = new_user(&api, &unique("alice")).await?;
