@@ -87,6 +87,8 @@ pub struct Target {
     /// Whether this run started the processes (and may restart them).
     pub started: bool,
     pub procs: Vec<Proc>,
+    /// The Redis URL and key prefix of the servers this run started.
+    redis: Option<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -126,8 +128,10 @@ const STARTUP: Duration = Duration::from_secs(60);
 
 impl Target {
     /// Stops the processes this run started and drops the database it
-    /// created: left behind, a run's tables are vacuumed and analysed by
-    /// Postgres during the next run, on the same two cores.
+    /// created (left behind, a run's tables are vacuumed and analysed by
+    /// Postgres during the next run, on the same two cores) and its Redis
+    /// keys (the routes of the connections still open when the gateways
+    /// were stopped, ~1,000 a run, would stay in the shared Redis).
     pub async fn stop(mut self) {
         self.procs.clear();
         if self.started && self.mode == Mode::Cluster {
@@ -136,6 +140,11 @@ impl Target {
             if let Err(e) = sqlx::Any::force_drop_database(&self.database_url).await {
                 eprintln!("could not drop the run's database: {e}");
             }
+        }
+        if let Some((url, prefix)) = &self.redis
+            && let Err(e) = im_tests::extra::redis_cleanup_at(url, prefix).await
+        {
+            eprintln!("could not delete the run's Redis keys: {e:#}");
         }
     }
 
@@ -172,6 +181,7 @@ impl Target {
             jwt_secret: secret.clone(),
             started: false,
             procs: Vec::new(),
+            redis: None,
             _dir: None,
         })
     }
@@ -200,6 +210,7 @@ impl Target {
             jwt_secret: secret,
             started: true,
             procs: vec![proc],
+            redis: None,
             _dir: Some(data),
         })
     }
@@ -211,6 +222,7 @@ impl Target {
     ) -> anyhow::Result<Target> {
         let database_url = format!("{}/{}", args.pg_base, unique("im_bench"));
         let prefix = format!("{}:", unique("imbench"));
+        let redis = Some((args.redis_url.clone(), prefix.clone()));
         let secret = format!("bench-secret-{}", unique("jwt"));
         let mut common = vec![
             ("IM_DATABASE_URL".to_string(), database_url.clone()),
@@ -246,6 +258,7 @@ impl Target {
             jwt_secret: secret,
             started: true,
             procs: Vec::new(),
+            redis,
             _dir: None,
         };
         let mut grpc_addrs = Vec::new();

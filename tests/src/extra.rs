@@ -74,16 +74,98 @@ pub async fn redis_conn(timeout: Duration) -> anyhow::Result<redis::aio::Multipl
 
 /// Deletes every Redis key starting with `prefix`.
 pub async fn redis_cleanup(prefix: &str) -> anyhow::Result<()> {
-    let mut conn = redis_conn(Duration::from_secs(5)).await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*"))
-        .query_async(&mut conn)
+    redis_cleanup_at(&redis_url(), prefix).await?;
+    Ok(())
+}
+
+/// Deletes every key starting with `prefix` from the Redis at `url`, a
+/// `SCAN` page at a time (Redis keeps serving others meanwhile); returns
+/// how many it deleted.
+pub async fn redis_cleanup_at(url: &str, prefix: &str) -> anyhow::Result<u64> {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection_with_config(&config)
         .await?;
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
+    let pattern = format!("{}*", glob_escape(prefix));
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            deleted += redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<u64>(&mut conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
+/// `s` as a Redis glob pattern that matches only itself.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_prefix_cleanup_deletes_only_that_prefix() -> anyhow::Result<()> {
+        // A prefix with glob characters, and a key that the unescaped
+        // pattern would also match.
+        let prefix = format!("{}[a]*:", crate::unique("imclean"));
+        let neighbour = prefix.replace("[a]*", "a-other");
+        let mut conn = redis_conn(Duration::from_secs(5)).await?;
+        for i in 0..2500 {
+            redis::cmd("SET")
+                .arg(format!("{prefix}k{i}"))
+                .arg(i)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        redis::cmd("SET")
+            .arg(&neighbour)
+            .arg(1)
             .query_async::<()>(&mut conn)
             .await?;
+        let deleted = redis_cleanup_at(&redis_url(), &prefix).await?;
+        assert_eq!(
+            deleted, 2500,
+            "every key of the prefix, over several SCAN pages"
+        );
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", glob_escape(&prefix)))
+            .query_async(&mut conn)
+            .await?;
+        assert!(left.is_empty(), "{left:?}");
+        let kept: Option<i64> = redis::cmd("GET")
+            .arg(&neighbour)
+            .query_async(&mut conn)
+            .await?;
+        assert_eq!(kept, Some(1), "another prefix's key stays");
+        redis::cmd("DEL")
+            .arg(&neighbour)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
-    Ok(())
 }
