@@ -218,9 +218,21 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0";
 
+/// How to reach the Redis at `url`: with `TCP_NODELAY`, which the redis
+/// crate leaves off by default. With Nagle's algorithm on, a request written
+/// while an earlier one on the same (multiplexed) connection is still
+/// unacknowledged waits for that acknowledgement, and every push waits on
+/// a route lookup.
+fn connection_info(url: &str) -> Result<redis::ConnectionInfo, RouteError> {
+    use redis::IntoConnectionInfo;
+    Ok(url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+}
+
 impl RedisRouteTable {
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, RouteError> {
-        let client = redis::Client::open(url)?;
+        let client = redis::Client::open(connection_info(url)?)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)));
@@ -412,6 +424,13 @@ impl RouteTable for RedisRouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_connections_send_without_nagle() {
+        let info = connection_info("redis://127.0.0.1:6379/0").unwrap();
+        assert!(info.tcp_settings().nodelay());
+        assert!(connection_info("not a url").is_err());
+    }
 
     fn route(device: i32, gate: &str, conn: u64) -> Route {
         Route {
