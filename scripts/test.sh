@@ -74,12 +74,13 @@ ensure_postgres() {
 # harness in tests/src and logic/tests/common); they are dropped here, before
 # the run (what an interrupted run left) and after it, so that they do not pile
 # up on the server and keep autovacuum busy. Any prefix: a list of them fell
-# behind the tests (im_body, im_rto, im_mig7 were left). Benchmark databases
-# (im_bench_, im_cbench_) are the bench's own business (it drops its database
-# when a run ends).
+# behind the tests (im_body, im_rto, im_mig7 were left), and a kind may hold
+# underscores (im_retx_race, im_inline_on were left by a pattern without).
+# Benchmark databases (im_bench_, im_cbench_) are the bench's own business (it
+# drops its database when a run ends).
 drop_test_databases() {
   psql -w -h 127.0.0.1 -U postgres -d postgres -Atc \
-    "select datname from pg_database where datname ~ '^im_[a-z0-9]+_[0-9]+_[0-9a-f]+$' and datname !~ '^im_c?bench_'" |
+    "select datname from pg_database where datname ~ '^im_[a-z0-9_]+_[0-9]+_[0-9a-f]+$' and datname !~ '^im_c?bench_'" |
     while read -r db; do
       psql -w -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists \"$db\" with (force)" >/dev/null 2>&1 || true
     done || true
