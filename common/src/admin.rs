@@ -57,3 +57,39 @@ async fn metrics() -> impl IntoResponse {
         ),
     }
 }
+
+/// An HTTP listener whose connections send without Nagle's algorithm.
+pub type NodelayListener =
+    axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)>;
+
+/// `listener`, setting `TCP_NODELAY` on every connection it accepts, for
+/// `axum::serve`, which leaves Nagle's algorithm on. Over WebSocket a push
+/// written while the client had not yet acknowledged the previous one
+/// waited for that acknowledgement, which a client may delay by 40 ms
+/// (Linux) to 200 ms; REST answers in several writes waited likewise.
+pub fn without_nagle(listener: tokio::net::TcpListener) -> NodelayListener {
+    use axum::serve::ListenerExt;
+    fn set_nodelay(stream: &mut tokio::net::TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    }
+    listener.tap_io(set_nodelay as fn(&mut tokio::net::TcpStream))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+
+    #[tokio::test]
+    async fn accepted_connections_send_without_nagle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = without_nagle(listener);
+        let client = tokio::net::TcpStream::connect(addr);
+        let ((stream, _), client) = tokio::join!(listener.accept(), client);
+        client.unwrap();
+        assert!(stream.nodelay().unwrap());
+    }
+}

@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     let http_stop = servers_stop.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(
-            http,
+            im_common::admin::without_nagle(http),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { http_stop.cancelled().await })

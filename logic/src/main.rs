@@ -93,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("failed to bind {}", cli.http_addr))?;
     let http_stop = stop.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http, app)
+        axum::serve(im_common::admin::without_nagle(http), app)
             .with_graceful_shutdown(async move { http_stop.cancelled().await })
             .await
     });

@@ -172,7 +172,7 @@ pub async fn start(
     let hs = http_stop.clone();
     let http_task = tokio::spawn(async move {
         let _ = axum::serve(
-            http,
+            im_common::admin::without_nagle(http),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { hs.cancelled().await })
