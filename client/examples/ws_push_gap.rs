@@ -35,8 +35,11 @@ async fn main() -> anyhow::Result<()> {
     let bob = ChatClient::connect(&tcp, &bob_login.token, DeviceType::Mobile, None).await?;
 
     let mut gaps = Vec::with_capacity(rounds);
+    let mut sends = Vec::with_capacity(rounds);
     for _ in 0..rounds {
+        let send = Instant::now();
         alice.send_text(bob.user_id, "hi").await?;
+        sends.push(send.elapsed().as_secs_f64() * 1000.0);
         bob.send_text(alice.user_id, "back").await?;
         let sent = Instant::now();
         'answer: loop {
@@ -50,15 +53,20 @@ async fn main() -> anyhow::Result<()> {
         let _ = bob.recv(Duration::from_millis(5)).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    gaps.sort_by(f64::total_cmp);
-    let at = |q: f64| gaps[((gaps.len() - 1) as f64 * q) as usize];
+    report("bob's SENT -> alice (WebSocket) received", gaps);
+    report("alice's send -> her SENT (WebSocket)", sends);
+    Ok(())
+}
+
+fn report(what: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q) as usize];
     println!(
-        "bob's SENT -> alice (WebSocket) received, {} rounds: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms; over 30 ms: {}",
-        gaps.len(),
+        "{what}, {} rounds: p50 {:.2} ms, p90 {:.2} ms, max {:.2} ms; over 30 ms: {}",
+        ms.len(),
         at(0.5),
         at(0.9),
         at(1.0),
-        gaps.iter().filter(|g| **g > 30.0).count()
+        ms.iter().filter(|g| **g > 30.0).count()
     );
-    Ok(())
 }

@@ -19,6 +19,22 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+/// A WebSocket to `url`, with `TCP_NODELAY` as on the TCP path:
+/// tokio-tungstenite's `connect_async` leaves Nagle's algorithm on, and a
+/// frame written while the one before it is unacknowledged then waits for
+/// the gateway's (delayed) acknowledgement.
+async fn open_ws(
+    url: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    ClientError,
+> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
+    Ok(ws)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("failed to connect: {0}")]
@@ -95,10 +111,7 @@ impl Connection {
 
     /// `url` like `ws://127.0.0.1:8080/ws`.
     pub async fn connect_ws(url: &str) -> Result<Connection, ClientError> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .map_err(|e| ClientError::Connect(format!("{url}: {e}")))?;
-        let (sink, stream) = ws.split();
+        let (sink, stream) = open_ws(url).await?.split();
         let frames = stream.filter_map(|m| async move {
             match m {
                 Ok(WsMessage::Binary(b)) => Some(Frame::decode_exact(&b, MAX_BODY)),
@@ -331,4 +344,25 @@ pub fn raw_header(command: u16, seq: u32, len: u32) -> Bytes {
     f[12..16].copy_from_slice(&len.to_be_bytes());
     debug_assert_eq!(f.len(), HEADER_LEN);
     Bytes::from(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn websockets_send_without_nagle() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio_tungstenite::accept_async(socket).await.unwrap()
+        });
+        let ws = open_ws(&format!("ws://{addr}/ws")).await.unwrap();
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+            panic!("a plain ws:// connection");
+        };
+        assert!(tcp.nodelay().unwrap());
+        drop(server.await.unwrap());
+    }
 }
