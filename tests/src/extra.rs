@@ -66,8 +66,16 @@ pub async fn s2c_post(
 
 /// An async Redis connection whose replies may take `timeout` (BLOCK reads).
 pub async fn redis_conn(timeout: Duration) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    redis_conn_at(&redis_url(), timeout).await
+}
+
+/// [`redis_conn`] to the Redis at `url`.
+async fn redis_conn_at(
+    url: &str,
+    timeout: Duration,
+) -> anyhow::Result<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
-    Ok(redis::Client::open(redis_url())?
+    Ok(redis::Client::open(url)?
         .get_multiplexed_async_connection_with_config(&config)
         .await?)
 }
@@ -82,11 +90,7 @@ pub async fn redis_cleanup(prefix: &str) -> anyhow::Result<()> {
 /// `SCAN` page at a time (Redis keeps serving others meanwhile); returns
 /// how many it deleted.
 pub async fn redis_cleanup_at(url: &str, prefix: &str) -> anyhow::Result<u64> {
-    let config =
-        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
-    let mut conn = redis::Client::open(url)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
+    let mut conn = redis_conn_at(url, Duration::from_secs(5)).await?;
     let pattern = format!("{}*", glob_escape(prefix));
     let mut cursor: u64 = 0;
     let mut deleted = 0;
