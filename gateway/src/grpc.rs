@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use im_common::api::{ApiError, LogicApi, ReplyFuture, ready_reply};
+use im_common::shutdown::CancellationToken;
 use im_proto::logic::gateway_server::Gateway as GatewayService;
 use im_proto::logic::logic_client::LogicClient;
 use im_proto::logic::{
@@ -17,22 +19,49 @@ use im_proto::logic::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::discovery::{self, Resolver, Sticky, Target};
 use crate::gateway::Gateway;
 
 /// The `Gateway` gRPC service.
-pub struct GatewayGrpc(pub Arc<Gateway>);
+pub struct GatewayGrpc {
+    gw: Arc<Gateway>,
+    /// Ends the open push streams, so that the server can stop: each
+    /// stream lasts as long as the logic process that opened it.
+    stop: CancellationToken,
+}
+
+impl GatewayGrpc {
+    pub fn new(gw: Arc<Gateway>, stop: CancellationToken) -> GatewayGrpc {
+        GatewayGrpc { gw, stop }
+    }
+}
 
 #[async_trait]
 impl GatewayService for GatewayGrpc {
     async fn push(&self, req: Request<PushBatch>) -> Result<Response<PushReply>, Status> {
-        Ok(Response::new(self.0.push_local(req.into_inner())))
+        Ok(Response::new(self.gw.push_local(req.into_inner())))
+    }
+
+    type PushStreamStream = BoxStream<'static, Result<PushReply, Status>>;
+
+    /// Each batch pushed as [`GatewayService::push`] pushes it, answered
+    /// in order, in the task that serves the stream.
+    async fn push_stream(
+        &self,
+        req: Request<Streaming<PushBatch>>,
+    ) -> Result<Response<Self::PushStreamStream>, Status> {
+        let gw = self.gw.clone();
+        let replies = req
+            .into_inner()
+            .map(move |batch| batch.map(|b| gw.push_local(b)))
+            .take_until(self.stop.clone().cancelled_owned());
+        Ok(Response::new(replies.boxed()))
     }
 
     async fn kick(&self, req: Request<KickRequest>) -> Result<Response<KickReply>, Status> {
-        Ok(Response::new(self.0.kick_local(req.into_inner())))
+        Ok(Response::new(self.gw.kick_local(req.into_inner())))
     }
 }
 
@@ -601,5 +630,61 @@ mod tests {
         send_all(&logic, [user].into_iter()).await;
         assert_eq!(b.take(), [user]);
         assert!(logic.sticky.is_empty());
+    }
+
+    #[tokio::test]
+    async fn push_streams_answer_in_order_and_end_when_the_server_stops() {
+        use im_proto::logic::PushItem;
+        use im_proto::logic::gateway_client::GatewayClient;
+        use im_proto::logic::gateway_server::GatewayServer;
+
+        let logic = GrpcLogic::new(&["http://127.0.0.1:1".to_string()], 1 << 20).unwrap();
+        let gw = Gateway::new(
+            crate::gateway::GatewayConfig::new("g", "local"),
+            Arc::new(logic),
+            Arc::new(im_common::route::MemoryRouteTable::new()),
+            CancellationToken::new(),
+            im_common::admin::Readiness::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServer::new(GatewayGrpc::new(gw, stop.clone())))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                    let stop = stop.clone();
+                    async move { stop.cancelled().await }
+                }),
+        );
+        let mut client = GatewayClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let (batches, rx) = mpsc::channel(4);
+        let mut replies = client
+            .push_stream(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        // No such connections here: each answer names the batch's as missing.
+        for conn in [7u64, 8, 9] {
+            let item = PushItem {
+                conn_ids: vec![conn, conn + 100],
+                messages: Vec::new(),
+            };
+            batches.send(PushBatch { items: vec![item] }).await.unwrap();
+            let reply = replies.message().await.unwrap().unwrap();
+            assert_eq!(reply.missing_conn_ids, vec![conn, conn + 100]);
+        }
+        // The stream is still open; stopping ends it, and the server stops.
+        stop.cancel();
+        let end = tokio::time::timeout(Duration::from_secs(2), replies.message()).await;
+        assert!(matches!(end, Ok(Ok(None)) | Ok(Err(_))), "{end:?}");
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("the server stopped with the stream's logic still connected")
+            .unwrap()
+            .unwrap();
+        drop(batches);
     }
 }

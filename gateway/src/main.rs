@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
-                GatewayServer::new(GatewayGrpc(gw.clone()))
+                GatewayServer::new(GatewayGrpc::new(gw.clone(), servers_stop.clone()))
                     .max_decoding_message_size(grpc_message_limit(cli.gateway.max_body)),
             )
             .serve_with_incoming_shutdown(grpc, async move { grpc_stop.cancelled().await }),
