@@ -80,15 +80,26 @@ const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// gRPC clients to gateways, one lazily connected channel per address,
 /// each with one long-lived `PushStream` for the pushes.
-#[derive(Default)]
 pub struct GatewayPool {
     // Held only to clone a gateway out; never across an await.
     gateways: Mutex<HashMap<String, Arc<GatewayLink>>>,
+    ask_again: std::time::Duration,
+}
+
+impl Default for GatewayPool {
+    fn default() -> Self {
+        GatewayPool {
+            gateways: Mutex::default(),
+            ask_again: ASK_AGAIN,
+        }
+    }
 }
 
 /// One gateway: its client, and the push stream to it.
 struct GatewayLink {
     client: GatewayClient<Channel>,
+    /// [`ASK_AGAIN`], but for tests.
+    ask_again: std::time::Duration,
     // Held across a push: a gateway's pushes go one at a time (the
     // pusher's lane for it is one task), each answered before the next.
     stream: tokio::sync::Mutex<PushLink>,
@@ -101,9 +112,15 @@ enum PushLink {
         batches: mpsc::Sender<PushBatch>,
         replies: Box<Streaming<PushReply>>,
     },
-    /// The gateway has no `PushStream` (it predates it): unary calls.
-    Calls,
+    /// The gateway had no `PushStream` (it predates it): unary calls
+    /// until then, when it is asked again (its address may come to
+    /// another, newer gateway).
+    Calls(tokio::time::Instant),
 }
+
+/// How long a gateway without `PushStream` gets calls before it is asked
+/// for the stream again.
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl GatewayPool {
     pub fn new() -> Self {
@@ -124,6 +141,7 @@ impl GatewayPool {
             .tcp_nodelay(true);
         let link = Arc::new(GatewayLink {
             client: GatewayClient::new(endpoint.connect_lazy()),
+            ask_again: self.ask_again,
             stream: tokio::sync::Mutex::new(PushLink::Closed),
         });
         gateways.insert(addr.to_string(), link.clone());
@@ -142,6 +160,9 @@ impl GatewayLink {
         let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
         let mut link = self.stream.lock().await;
         loop {
+            if matches!(*link, PushLink::Calls(until) if until <= tokio::time::Instant::now()) {
+                *link = PushLink::Closed;
+            }
             let fresh = matches!(*link, PushLink::Closed);
             if fresh {
                 *link = self.open().await?;
@@ -181,7 +202,9 @@ impl GatewayLink {
                 batches,
                 replies: Box::new(replies.into_inner()),
             }),
-            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(PushLink::Calls),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(PushLink::Calls(
+                tokio::time::Instant::now() + self.ask_again,
+            )),
             Err(s) => Err(ApiError::from_status(&s)),
         }
     }
@@ -326,6 +349,48 @@ mod tests {
         }
         assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "asked once");
         assert_eq!(fake.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_without_the_stream_is_asked_again_later() {
+        let old = Fake {
+            no_stream: true,
+            ..Fake::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = im_common::shutdown::CancellationToken::new();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServer::new(old.clone()))
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), {
+                    let stop = stop.clone();
+                    async move { stop.cancelled().await }
+                }),
+        );
+        let pool = GatewayPool {
+            ask_again: std::time::Duration::from_millis(300),
+            ..GatewayPool::default()
+        };
+        assert_eq!(push(&pool, &addr, 1).await, vec![1]);
+        assert_eq!(push(&pool, &addr, 2).await, vec![2]);
+        assert_eq!(old.opened.load(Ordering::SeqCst), 1, "asked once");
+        // A newer gateway comes to the same address.
+        stop.cancel();
+        server.await.unwrap().unwrap();
+        let new = Fake::default();
+        let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GatewayServer::new(new.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        for conn in 3..=5 {
+            assert_eq!(push(&pool, &addr, conn).await, vec![conn]);
+        }
+        assert_eq!(new.opened.load(Ordering::SeqCst), 1);
+        assert_eq!(new.calls.load(Ordering::SeqCst), 0, "the stream, not calls");
     }
 
     #[tokio::test]
