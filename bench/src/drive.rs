@@ -13,6 +13,10 @@ use crate::sys::CpuSampler;
 use crate::target::Target;
 use crate::timeline::Timeline;
 
+/// A second whose longest oversleep ([`flow::stall_probe`]) reached this
+/// is listed in the report's `overslept.seconds_over_20ms`.
+const STALL_MS: f64 = 20.0;
+
 /// How senders pace themselves.
 #[derive(Debug, Clone, Copy)]
 pub enum Pace {
@@ -88,6 +92,10 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
             }));
         }
     }
+    let probe = {
+        let sh = shared.clone();
+        std::thread::spawn(move || flow::stall_probe(&sh))
+    };
     let pb = spinner("sending");
     let t0 = Instant::now();
     let mut last = (Instant::now(), 0u64);
@@ -116,6 +124,7 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
     for s in senders {
         let _ = s.await;
     }
+    let _ = probe.join();
     pb.set_message("draining");
     let drained = flow::drain(&shared, spec.fanout as u64, Duration::from_secs(30)).await;
     out.cpu = cpu.stop();
@@ -204,6 +213,18 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
     if let Some((p50, p99)) = *lock(&shared.pacer_late_us) {
         out.figure("pacer_late_us", serde_json::json!({"p50": p50, "p99": p99}));
     }
+    let overslept = lock(&shared.overslept);
+    let stalls: Vec<serde_json::Value> = overslept
+        .points()
+        .into_iter()
+        .filter(|p| p.max_ms >= STALL_MS)
+        .map(|p| serde_json::json!({"second": p.second, "max_ms": p.max_ms}))
+        .collect();
+    out.figure(
+        "overslept",
+        serde_json::json!({"summary": overslept.summary(), "seconds_over_20ms": stalls}),
+    );
+    drop(overslept);
     if !drained {
         out.failures
             .push("not everything was acknowledged and delivered within 30 s of the end".into());

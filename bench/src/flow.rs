@@ -50,6 +50,10 @@ pub struct Shared {
     /// Send (its schedule, open loop) to the SENT acknowledgement: the
     /// store's share of the latency, beside the full send-to-receive one.
     pub sent: Mutex<Timeline>,
+    /// How much longer than 1 ms a thread's 1 ms sleeps took, per second
+    /// since `epoch` ([`stall_probe`]): when the whole machine stalls, so
+    /// does this thread.
+    pub overslept: Mutex<Timeline>,
 }
 
 impl Shared {
@@ -74,6 +78,7 @@ impl Shared {
             warmup_secs,
             pacer_late_us: Mutex::new(None),
             sent: Mutex::new(Timeline::new(warmup_secs)),
+            overslept: Mutex::new(Timeline::new(warmup_secs)),
         })
     }
 
@@ -360,6 +365,25 @@ pub fn pace_open(
         Some((late.value_at_quantile(0.5), late.value_at_quantile(0.99)));
 }
 
+/// Sleeps 1 ms at a time until sending stops, recording into
+/// `shared.overslept` how much longer each sleep took. A thread that
+/// sleeps nearly all the time is woken first on a busy machine, so a
+/// long oversleep (tens of milliseconds) is the machine, or this
+/// process, not running at all: a latency spike in the same second is
+/// then not the servers' doing.
+pub fn stall_probe(shared: &Shared) {
+    let mut overslept = Timeline::new(shared.warmup_secs);
+    let tick = Duration::from_millis(1);
+    while !shared.stop_sending.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        std::thread::sleep(tick);
+        let over = started.elapsed().saturating_sub(tick);
+        let second = (started - shared.epoch).as_secs() as usize;
+        overslept.record(second, over.as_micros() as u64);
+    }
+    *lock(&shared.overslept) = overslept;
+}
+
 /// Waits until every send is answered and every delivery arrived, or `within` passed.
 pub async fn drain(shared: &Shared, fanout: u64, within: Duration) -> bool {
     let deadline = Instant::now() + within;
@@ -381,6 +405,26 @@ pub async fn drain(shared: &Shared, fanout: u64, within: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stall_probe_ticks_until_sending_stops() {
+        let shared = Shared::new(1, 1, 0);
+        let probe = {
+            let sh = shared.clone();
+            std::thread::spawn(move || stall_probe(&sh))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        shared.stop_sending.store(true, Ordering::Relaxed);
+        probe.join().unwrap();
+        let overslept = lock(&shared.overslept).summary();
+        // ~1 ms a tick: some dozens in 100 ms, however slow the machine.
+        assert!(
+            (10..=110).contains(&overslept.count),
+            "{} ticks",
+            overslept.count
+        );
+        assert!(overslept.max_ms < 100.0, "{overslept:?}");
+    }
 
     #[test]
     fn delivered_receipts_count_their_messages() {

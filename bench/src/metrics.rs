@@ -8,9 +8,11 @@ pub struct HistSummary {
     pub count: f64,
     pub sum: f64,
     pub mean: f64,
-    /// Upper bound of the bucket holding the 50th / 99th percentile.
+    /// Upper bound of the bucket holding the 50th / 99th percentile, and
+    /// the largest observation.
     pub p50_le: f64,
     pub p99_le: f64,
+    pub max_le: f64,
 }
 
 fn metric_value(line: &str) -> Option<f64> {
@@ -70,6 +72,7 @@ pub fn histogram(text: &str, name: &str) -> Option<HistSummary> {
     };
     h.p50_le = at(0.5);
     h.p99_le = at(0.99);
+    h.max_le = at(1.0);
     Some(h)
 }
 
@@ -167,6 +170,7 @@ im_gateway_acks_total{outcome="forwarded"} 6
         assert_eq!(h.mean, 9.0);
         assert_eq!(h.p50_le, 8.0);
         assert_eq!(h.p99_le, 64.0);
+        assert_eq!(h.max_le, 64.0);
         assert!(histogram(PAGE, "nope").is_none());
         assert_eq!(total(PAGE, "im_logic_messages_total"), Some(12.0));
         assert_eq!(total(PAGE, "im_gateway_connections"), Some(3.0));
