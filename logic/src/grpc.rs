@@ -222,7 +222,21 @@ impl GatewayLink {
 #[async_trait]
 impl GatewayApi for GatewayPool {
     async fn push(&self, gate_addr: &str, batch: PushBatch) -> Result<PushReply, ApiError> {
-        self.gateway(gate_addr)?.push(batch).await
+        let gateway = self.gateway(gate_addr)?;
+        let pushed = gateway.push(batch).await;
+        if pushed.is_err() {
+            // It may be gone for good (scaled in, replaced): forgotten, so
+            // that gateways that come and go leave no client behind. The
+            // next push to its address connects again.
+            let mut gateways = self.gateways.lock().unwrap_or_else(|e| e.into_inner());
+            if gateways
+                .get(gate_addr)
+                .is_some_and(|g| Arc::ptr_eq(g, &gateway))
+            {
+                gateways.remove(gate_addr);
+            }
+        }
+        pushed
     }
 
     async fn kick(&self, gate_addr: &str, req: KickRequest) -> Result<KickReply, ApiError> {
@@ -413,7 +427,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_push_to_a_gateway_that_is_gone_fails_and_the_next_reconnects() {
+    async fn a_gateway_that_fails_a_push_is_forgotten_and_the_next_push_reconnects() {
         let fake = Fake::default();
         let pool = GatewayPool::new();
         // Nothing listens here yet.
@@ -421,6 +435,7 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
         assert!(pool.push(&addr, to_conn(1)).await.is_err());
+        assert!(pool.gateways.lock().unwrap().is_empty(), "forgotten");
         let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -429,5 +444,6 @@ mod tests {
         );
         assert_eq!(push(&pool, &addr, 2).await, vec![2]);
         assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.gateways.lock().unwrap().len(), 1);
     }
 }
