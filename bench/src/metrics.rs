@@ -110,6 +110,7 @@ pub fn summarize(text: &str) -> serde_json::Value {
         "im_logic_store_batch_messages",
         "im_logic_store_latency_seconds",
         "im_logic_store_wait_seconds",
+        "im_logic_push_seconds",
         "im_logic_fanout_recipients",
         "im_gateway_push_latency_seconds",
     ] {

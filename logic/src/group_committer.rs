@@ -86,7 +86,7 @@ impl GroupCommitter {
 async fn run_shard(
     mut rx: mpsc::Receiver<Job>,
     store: Store,
-    pushes: mpsc::Sender<Vec<Outgoing>>,
+    pushes: mpsc::Sender<(Instant, Vec<Outgoing>)>,
     max_batch: usize,
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
@@ -143,7 +143,7 @@ async fn run_shard(
                 origin: job.origin,
             });
         }
-        if !outgoing.is_empty() && pushes.send(outgoing).await.is_err() {
+        if !outgoing.is_empty() && pushes.send((Instant::now(), outgoing)).await.is_err() {
             tracing::warn!("group pusher stopped; members pull the messages");
         }
     }
@@ -154,14 +154,15 @@ async fn run_shard(
 /// as the one-to-one pusher's: a gateway that stops answering holds back
 /// no other).
 async fn run_pushes(
-    mut rx: mpsc::Receiver<Vec<Outgoing>>,
+    mut rx: mpsc::Receiver<(Instant, Vec<Outgoing>)>,
     routes: Arc<dyn RouteTable>,
     gateways: Arc<dyn GatewayApi>,
 ) {
     let mut lanes = Lanes::new(routes.clone(), gateways);
-    let mut queued: Vec<Vec<Outgoing>> = Vec::new();
+    let mut queued: Vec<(Instant, Vec<Outgoing>)> = Vec::new();
     while rx.recv_many(&mut queued, 64).await > 0 {
-        let outgoing: Vec<Outgoing> = queued.drain(..).flatten().collect();
+        let since = queued[0].0;
+        let outgoing: Vec<Outgoing> = queued.drain(..).flat_map(|(_, o)| o).collect();
         let members: Vec<i64> = outgoing
             .iter()
             .flat_map(|o| o.members.iter().copied())
@@ -177,7 +178,7 @@ async fn run_pushes(
             }
         };
         let plans = plan_batched_group_push(&live, &outgoing);
-        lanes.push(plans, Arc::new(live)).await;
+        lanes.push(plans, Arc::new(live), since).await;
     }
 }
 

@@ -97,6 +97,16 @@ pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register im_logic_requests_total")
 });
 
+pub static PUSH_TIME: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "im_logic_push_seconds",
+        "Time from a stored batch reaching the pusher to its gateway's answer: the queue \
+         before the pusher, the route lookup, the gateway's lane and the push itself",
+        exponential_buckets(0.0002, 2.0, 16).expect("buckets")
+    )
+    .expect("register im_logic_push_seconds")
+});
+
 pub static PUSH_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "im_logic_push_failures_total",

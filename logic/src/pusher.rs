@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use im_common::api::GatewayApi;
 use im_common::route::{LiveRoute, Route, RouteTable};
@@ -81,7 +81,7 @@ pub fn plan_pushes(
 /// gateway that stops answering holds back no other gateway's pushes.
 #[derive(Clone)]
 pub struct Pusher {
-    tx: mpsc::Sender<Vec<Outgoing>>,
+    tx: mpsc::Sender<(Instant, Vec<Outgoing>)>,
 }
 
 /// How long the router waits for a gateway's call before it stops waiting
@@ -109,12 +109,13 @@ impl Pusher {
     }
 
     fn with_lanes(routes: Arc<dyn RouteTable>, mut lanes: Lanes) -> Pusher {
-        let (tx, mut rx) = mpsc::channel::<Vec<Outgoing>>(256);
+        let (tx, mut rx) = mpsc::channel::<(Instant, Vec<Outgoing>)>(256);
         tokio::spawn(async move {
-            let mut queued: Vec<Vec<Outgoing>> = Vec::new();
+            let mut queued: Vec<(Instant, Vec<Outgoing>)> = Vec::new();
             while rx.recv_many(&mut queued, 64).await > 0 {
-                let batch: Vec<Outgoing> = queued.drain(..).flatten().collect();
-                route_once(routes.as_ref(), &mut lanes, batch).await;
+                let since = queued[0].0;
+                let batch: Vec<Outgoing> = queued.drain(..).flat_map(|(_, b)| b).collect();
+                route_once(routes.as_ref(), &mut lanes, batch, since).await;
             }
         });
         Pusher { tx }
@@ -124,7 +125,7 @@ impl Pusher {
         if deliveries.is_empty() {
             return;
         }
-        if self.tx.send(deliveries).await.is_err() {
+        if self.tx.send((Instant::now(), deliveries)).await.is_err() {
             tracing::warn!("pusher stopped; messages stay in the inbox");
         }
     }
@@ -140,6 +141,8 @@ struct Part {
     batch: PushBatch,
     live: Live,
     done: Option<oneshot::Sender<()>>,
+    /// When its batch (the earliest of those merged) reached the pusher.
+    since: Instant,
 }
 
 impl Part {
@@ -194,13 +197,16 @@ impl Lanes {
     /// until its lane has caught up. `live` holds the routes the pushes
     /// were planned with: those to connections a gateway no longer has are
     /// removed.
-    pub async fn push(&mut self, plans: HashMap<String, PushBatch>, live: Live) {
+    /// Hands each gateway its part of a batch that reached the pusher at
+    /// `since`.
+    pub async fn push(&mut self, plans: HashMap<String, PushBatch>, live: Live, since: Instant) {
         let mut waits = Vec::new();
         for (addr, batch) in plans {
             let part = Part {
                 batch,
                 live: live.clone(),
                 done: None,
+                since,
             };
             if let Some(wait) = self.send(&addr, part) {
                 waits.push((addr, wait));
@@ -316,6 +322,7 @@ async fn lane(
         let mut batch = PushBatch::default();
         let mut planned: Vec<Live> = Vec::new();
         let mut done = Vec::new();
+        let mut since = Vec::new();
         let weight: usize = queued.iter().map(Part::weight).sum();
         for part in queued.drain(..) {
             batch.items.extend(part.batch.items);
@@ -323,6 +330,7 @@ async fn lane(
                 planned.push(part.live);
             }
             done.extend(part.done);
+            since.push(part.since);
         }
         push_part(
             routes_table.as_ref(),
@@ -333,6 +341,9 @@ async fn lane(
         )
         .await;
         pending.fetch_sub(weight, Ordering::AcqRel);
+        for at in since {
+            metrics::PUSH_TIME.observe(at.elapsed().as_secs_f64());
+        }
         for d in done {
             let _ = d.send(());
         }
@@ -446,7 +457,12 @@ pub async fn push_in_calls(
 }
 
 /// Looks up the routes of one merged batch and hands each gateway its part.
-async fn route_once(routes_table: &dyn RouteTable, lanes: &mut Lanes, deliveries: Vec<Outgoing>) {
+async fn route_once(
+    routes_table: &dyn RouteTable,
+    lanes: &mut Lanes,
+    deliveries: Vec<Outgoing>,
+    since: Instant,
+) {
     let mut users: Vec<i64> = deliveries.iter().map(|(d, _)| d.user).collect();
     users.sort_unstable();
     users.dedup();
@@ -466,7 +482,7 @@ async fn route_once(routes_table: &dyn RouteTable, lanes: &mut Lanes, deliveries
         }
     };
     let plans = plan_pushes(&deliveries, &live);
-    lanes.push(plans, Arc::new(live)).await;
+    lanes.push(plans, Arc::new(live), since).await;
 }
 
 #[cfg(test)]
@@ -559,6 +575,34 @@ mod tests {
             .filter(|(a, _)| a == addr)
             .map(|(_, p)| p.clone())
             .collect()
+    }
+
+    #[tokio::test]
+    async fn push_time_runs_from_the_pusher_to_the_gateways_answer() {
+        let routes = two_gateways().await;
+        let held = Arc::new(Semaphore::new(0));
+        let gateways = Arc::new(Recorder {
+            held: HashMap::from([("addr-a".to_string(), held.clone())]),
+            ..Default::default()
+        });
+        let pusher = Pusher::start(routes, gateways.clone());
+        // The histogram is the process's: only what this push adds counts.
+        let sum = metrics::PUSH_TIME.get_sample_sum();
+        pusher.dispatch(vec![(delivery(1, 9, 1), None)]).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(gateways.calls().is_empty(), "the gateway holds the push");
+        held.add_permits(1);
+        gateways.wait_for(1).await;
+        // Observed once the lane has the answer.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while metrics::PUSH_TIME.get_sample_sum() - sum < 0.15 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "push time {} s",
+                metrics::PUSH_TIME.get_sample_sum() - sum
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
