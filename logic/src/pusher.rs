@@ -196,9 +196,8 @@ impl Lanes {
     /// [`STALL`]: a gateway whose call takes longer is not waited for again
     /// until its lane has caught up. `live` holds the routes the pushes
     /// were planned with: those to connections a gateway no longer has are
-    /// removed.
-    /// Hands each gateway its part of a batch that reached the pusher at
-    /// `since`.
+    /// removed. `since` is when the batch (the earliest of those merged)
+    /// reached the pusher, for [`metrics::PUSH_TIME`].
     pub async fn push(&mut self, plans: HashMap<String, PushBatch>, live: Live, since: Instant) {
         let mut waits = Vec::new();
         for (addr, batch) in plans {
