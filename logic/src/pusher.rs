@@ -576,14 +576,19 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn push_time_runs_from_the_pusher_to_the_gateways_answer() {
-        let routes = two_gateways().await;
+    /// [`two_gateways`], with gateway `a`'s calls waiting for permits.
+    async fn gateway_a_held() -> (Arc<MemoryRouteTable>, Arc<Semaphore>, Arc<Recorder>) {
         let held = Arc::new(Semaphore::new(0));
         let gateways = Arc::new(Recorder {
             held: HashMap::from([("addr-a".to_string(), held.clone())]),
             ..Default::default()
         });
+        (two_gateways().await, held, gateways)
+    }
+
+    #[tokio::test]
+    async fn push_time_runs_from_the_pusher_to_the_gateways_answer() {
+        let (routes, held, gateways) = gateway_a_held().await;
         let pusher = Pusher::start(routes, gateways.clone());
         // The histogram is the process's: only what this push adds counts.
         let sum = metrics::PUSH_TIME.get_sample_sum();
@@ -606,12 +611,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_gateway_that_does_not_answer_holds_back_no_other() {
-        let routes = two_gateways().await;
-        let held = Arc::new(Semaphore::new(0));
-        let gateways = Arc::new(Recorder {
-            held: HashMap::from([("addr-a".to_string(), held.clone())]),
-            ..Default::default()
-        });
+        let (routes, held, gateways) = gateway_a_held().await;
         // Room for 256. A part weighs its messages, the users of its route
         // map and one: each part to a below weighs 4 (users 1 and 2).
         let lanes = Lanes::with_limits(routes.clone(), gateways.clone(), LANE_IDLE, 256);
