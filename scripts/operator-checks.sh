@@ -107,7 +107,7 @@ assert all(p.get("targets") for p in dash["panels"]), "a panel without queries"
 for name in ("im_gateway_connections", "im_logic_messages_total",
              "im_gateway_push_latency_seconds_bucket", "im_logic_store_latency_seconds_bucket",
              "im_logic_store_busy_seconds_total", "im_logic_store_wait_seconds_bucket",
-             "im_logic_push_seconds_bucket",
+             "im_logic_push_seconds_bucket", "im_gateway_request_seconds_bucket",
              "im_operator_reconcile_total", "im_operator_desired_replicas",
              "im_operator_ready_replicas", "im_gateway_acks_total",
              "im_logic_acks_queued", "im_logic_acks_dropped_total",

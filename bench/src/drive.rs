@@ -1,5 +1,6 @@
 //! Runs senders against connected clients for a while, then drains, checks
 //! exactly-once delivery and computes the rate and latency figures.
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 use im_client::ChatClient;
 
 use crate::flow::{self, Dest, Shared, lock};
+use crate::hops::{self, HopSecond};
 use crate::ledger::{self, SenderLog};
 use crate::run::{Outcome, spinner};
 use crate::sys::CpuSampler;
@@ -96,6 +98,7 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         let sh = shared.clone();
         std::thread::spawn(move || flow::stall_probe(&sh))
     };
+    let hop_seconds = tokio::spawn(hops::sample(target.metrics_urls.clone(), shared.clone()));
     let pb = spinner("sending");
     let t0 = Instant::now();
     let mut last = (Instant::now(), 0u64);
@@ -125,6 +128,7 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         let _ = s.await;
     }
     let _ = probe.join();
+    let hop_seconds = hop_seconds.await.unwrap_or_default();
     pb.set_message("draining");
     let drained = flow::drain(&shared, spec.fanout as u64, Duration::from_secs(30)).await;
     out.cpu = cpu.stop();
@@ -214,6 +218,10 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         out.figure("pacer_late_us", serde_json::json!({"p50": p50, "p99": p99}));
     }
     let overslept = lock(&shared.overslept);
+    out.figure(
+        "seconds",
+        seconds(&timeline, &lock(&shared.sent), &overslept, hop_seconds),
+    );
     let stalls: Vec<serde_json::Value> = overslept
         .points()
         .into_iter()
@@ -232,4 +240,40 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
     let errors = lock(&shared.errors).clone();
     out.conclude(&errors, verdict, timeline);
     out
+}
+
+/// Each second of sending: the clients' latency (send to receive, and send
+/// to `SENT`, by the second of the send's schedule), the stall probe's
+/// longest oversleep, and each hop's figures ([`hops`]), so that a spike
+/// can be read across them.
+fn seconds(
+    received: &Timeline,
+    sent: &Timeline,
+    overslept: &Timeline,
+    mut hop_seconds: BTreeMap<usize, BTreeMap<&'static str, HopSecond>>,
+) -> Vec<serde_json::Value> {
+    let by_second = |t: &Timeline| -> BTreeMap<usize, (f64, f64)> {
+        t.points()
+            .into_iter()
+            .map(|p| (p.second, (p.p99_ms, p.max_ms)))
+            .collect()
+    };
+    let (sent, overslept) = (by_second(sent), by_second(overslept));
+    received
+        .points()
+        .into_iter()
+        .map(|p| {
+            let mut row = serde_json::json!({
+                "second": p.second,
+                "latency_p99_ms": p.p99_ms,
+                "latency_max_ms": p.max_ms,
+                "sent_max_ms": sent.get(&p.second).map(|s| s.1),
+                "overslept_max_ms": overslept.get(&p.second).map(|s| s.1),
+            });
+            if let Some(hops) = hop_seconds.remove(&p.second) {
+                row["hops"] = serde_json::json!(hops);
+            }
+            row
+        })
+        .collect()
 }

@@ -7,13 +7,15 @@
 //! ([`scenario`]). Messaging scenarios go through [`drive`] and [`flow`]:
 //! senders (closed loop with credits, or open loop on a schedule) and one
 //! receive loop per client, which fill the exactly-once [`ledger`] and the
-//! latency [`timeline`]. Connection scenarios use bare connections
+//! latency [`timeline`], and scrape the servers' hop histograms each
+//! second ([`hops`]). Connection scenarios use bare connections
 //! ([`raw`]). The outcome becomes a JSON [`report`] (with the machine from
 //! [`sys`] and the servers' own [`metrics`]) and a PNG [`plot`].
 #![forbid(unsafe_code)]
 
 pub mod drive;
 pub mod flow;
+pub mod hops;
 pub mod ledger;
 pub mod metrics;
 pub mod plot;

@@ -189,8 +189,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     println!("{name} ({:?} mode)", report.mode);
     println!("  parameters: {}", report.parameters);
     for (k, v) in &report.figures {
-        println!("  {k}: {v}");
+        if k != "seconds" {
+            println!("  {k}: {v}");
+        }
     }
+    print_slow_seconds(&report.figures);
     println!("  cpu % of one core: {:?}", report.cpu_percent);
     println!(
         "  load average before {:?} after {:?}",
@@ -218,4 +221,39 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         println!("  server logs: {}", logs.display());
     }
     Ok(report.ok)
+}
+
+/// The seconds whose largest latency reached 20 ms, with each hop's largest
+/// (bucket bounds, ms): where to look first in the JSON's `seconds`.
+fn print_slow_seconds(figures: &serde_json::Map<String, serde_json::Value>) {
+    let Some(rows) = figures.get("seconds").and_then(|s| s.as_array()) else {
+        return;
+    };
+    let slow: Vec<_> = rows
+        .iter()
+        .filter(|r| r["latency_max_ms"].as_f64().unwrap_or(0.0) >= 20.0)
+        .collect();
+    if slow.is_empty() {
+        return;
+    }
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
+    let hops = im_bench::hops::HOPS.map(|(h, _)| h);
+    println!(
+        "  seconds with a latency of 20 ms or more (max ms; hops: max bucket bound): second latency sent overslept {}",
+        hops.join(" ")
+    );
+    for r in slow {
+        let hop_max: Vec<String> = hops
+            .iter()
+            .map(|h| ms(&r["hops"][h]["max_le_ms"]))
+            .collect();
+        println!(
+            "    {} {} {} {} {}",
+            r["second"],
+            ms(&r["latency_max_ms"]),
+            ms(&r["sent_max_ms"]),
+            ms(&r["overslept_max_ms"]),
+            hop_max.join(" ")
+        );
+    }
 }

@@ -30,50 +30,102 @@ fn le_of(line: &str) -> Option<f64> {
     }
 }
 
-/// Sums the histogram `name` over all label sets in a Prometheus text page.
-pub fn histogram(text: &str, name: &str) -> Option<HistSummary> {
-    let bucket = format!("{name}_bucket");
-    let sum_p = format!("{name}_sum");
-    let count_p = format!("{name}_count");
-    let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
-    let mut h = HistSummary::default();
-    let mut seen = false;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let head = line.split([' ', '{']).next().unwrap_or("");
-        if head == bucket {
-            if let (Some(le), Some(v)) = (le_of(line), metric_value(line)) {
-                *buckets.entry(le.to_bits()).or_default() += v;
+/// A histogram's cumulative buckets (upper bound, count), ascending, with
+/// its sum and count: summed over label sets, and over processes with
+/// [`Cumulative::add`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Cumulative {
+    pub buckets: Vec<(f64, f64)>,
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl Cumulative {
+    /// The histogram `name` in a Prometheus text page, summed over label sets.
+    pub fn parse(text: &str, name: &str) -> Option<Cumulative> {
+        let bucket = format!("{name}_bucket");
+        let sum_p = format!("{name}_sum");
+        let count_p = format!("{name}_count");
+        let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
+        let mut h = Cumulative::default();
+        let mut seen = false;
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let head = line.split([' ', '{']).next().unwrap_or("");
+            if head == bucket {
+                if let (Some(le), Some(v)) = (le_of(line), metric_value(line)) {
+                    *buckets.entry(le.to_bits()).or_default() += v;
+                }
+            } else if head == sum_p {
+                h.sum += metric_value(line).unwrap_or(0.0);
+                seen = true;
+            } else if head == count_p {
+                h.count += metric_value(line).unwrap_or(0.0);
+                seen = true;
             }
-        } else if head == sum_p {
-            h.sum += metric_value(line).unwrap_or(0.0);
-            seen = true;
-        } else if head == count_p {
-            h.count += metric_value(line).unwrap_or(0.0);
-            seen = true;
         }
+        // Bits of positive floats sort like the floats.
+        h.buckets = buckets
+            .into_iter()
+            .map(|(b, v)| (f64::from_bits(b), v))
+            .collect();
+        seen.then_some(h)
     }
-    if !seen {
-        return None;
+
+    /// Adds `other`'s observations (bounds missing on one side count as empty).
+    pub fn add(&mut self, other: &Cumulative) {
+        self.combine(other, 1.0);
     }
-    if h.count > 0.0 {
-        h.mean = h.sum / h.count;
+
+    /// What was observed since `earlier`, a scrape of the same histograms.
+    pub fn since(&self, earlier: &Cumulative) -> Cumulative {
+        let mut d = self.clone();
+        d.combine(earlier, -1.0);
+        d
     }
-    // Bits of positive floats sort like the floats.
-    let ordered: Vec<(f64, f64)> = buckets
-        .into_iter()
-        .map(|(b, v)| (f64::from_bits(b), v))
-        .collect();
-    let at = |q: f64| {
-        ordered
+
+    fn combine(&mut self, other: &Cumulative, sign: f64) {
+        let mut merged: BTreeMap<u64, f64> = BTreeMap::new();
+        for (side, s) in [(&*self, 1.0), (other, sign)] {
+            for &(le, v) in &side.buckets {
+                *merged.entry(le.to_bits()).or_default() += s * v;
+            }
+        }
+        self.buckets = merged
+            .into_iter()
+            .map(|(b, v)| (f64::from_bits(b), v))
+            .collect();
+        self.sum += sign * other.sum;
+        self.count += sign * other.count;
+    }
+
+    /// Upper bound of the bucket holding quantile `q` (NaN when empty).
+    pub fn le_at(&self, q: f64) -> f64 {
+        self.buckets
             .iter()
-            .find(|(_, c)| *c >= q * h.count)
+            .find(|(_, c)| *c >= q * self.count && *c > 0.0)
             .map(|(le, _)| *le)
             .unwrap_or(f64::NAN)
-    };
-    h.p50_le = at(0.5);
-    h.p99_le = at(0.99);
-    h.max_le = at(1.0);
-    Some(h)
+    }
+
+    pub fn summary(&self) -> HistSummary {
+        HistSummary {
+            count: self.count,
+            sum: self.sum,
+            mean: if self.count > 0.0 {
+                self.sum / self.count
+            } else {
+                0.0
+            },
+            p50_le: self.le_at(0.5),
+            p99_le: self.le_at(0.99),
+            max_le: self.le_at(1.0),
+        }
+    }
+}
+
+/// Sums the histogram `name` over all label sets in a Prometheus text page.
+pub fn histogram(text: &str, name: &str) -> Option<HistSummary> {
+    Cumulative::parse(text, name).map(|h| h.summary())
 }
 
 /// Sum of a counter or gauge over its label sets.
@@ -113,6 +165,7 @@ pub fn summarize(text: &str) -> serde_json::Value {
         "im_logic_push_seconds",
         "im_logic_fanout_recipients",
         "im_gateway_push_latency_seconds",
+        "im_gateway_request_seconds",
     ] {
         if let Some(h) = histogram(text, name) {
             out.insert(name.into(), serde_json::json!(h));

@@ -1,9 +1,12 @@
 //! The gateway's Prometheus metrics (names are a contract: see architecture.md).
 use std::sync::LazyLock;
 
+use im_proto::Command;
+
 use prometheus::{
-    Histogram, IntCounter, IntCounterVec, IntGauge, exponential_buckets, register_histogram,
-    register_int_counter, register_int_counter_vec, register_int_gauge,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, exponential_buckets,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge,
 };
 
 // Registration fails only on a duplicate name, a start-up invariant.
@@ -47,6 +50,19 @@ pub static PUSH_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
         exponential_buckets(0.0005, 2.0, 16).expect("buckets")
     )
     .expect("register im_gateway_push_latency_seconds")
+});
+
+/// A request's time in the gateway and behind it, by command: from its
+/// frame being read to its reply queued for the device. For a send that
+/// is the hand-over to logic, the store's group commit and the way back.
+pub static REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "im_gateway_request_seconds",
+        "From a request frame read to its reply queued for the device, by command",
+        &["command"],
+        exponential_buckets(0.0002, 2.0, 16).expect("buckets")
+    )
+    .expect("register im_gateway_request_seconds")
 });
 
 /// ACK frames by what the gateway did with them (see [`ack`]): `forwarded` to logic at
@@ -128,10 +144,30 @@ pub fn ack(outcome: usize) {
 pub const ACK_OUTCOMES: [&str; 3] = ["forwarded", "deferred", "repeat"];
 
 pub fn frame(direction: &str, command: u16) {
-    let name = im_proto::Command::from_code(command)
+    FRAMES
+        .with_label_values(&[direction, command_name(command)])
+        .inc();
+}
+
+/// Observes a request's time (see [`REQUEST_SECONDS`]); the sends' label is
+/// resolved once, they are most of the requests.
+pub fn request(command: u16, since: std::time::Instant) {
+    static C2C: LazyLock<Histogram> =
+        LazyLock::new(|| REQUEST_SECONDS.with_label_values(&[Command::C2cSend.name()]));
+    let secs = since.elapsed().as_secs_f64();
+    if command == Command::C2cSend as u16 {
+        C2C.observe(secs);
+    } else {
+        REQUEST_SECONDS
+            .with_label_values(&[command_name(command)])
+            .observe(secs);
+    }
+}
+
+fn command_name(command: u16) -> &'static str {
+    Command::from_code(command)
         .map(|c| c.name())
-        .unwrap_or("unknown");
-    FRAMES.with_label_values(&[direction, name]).inc();
+        .unwrap_or("unknown")
 }
 
 /// Registers every metric now, so `/metrics` lists them (at zero) from the start.
@@ -143,6 +179,7 @@ pub fn init() {
         ACKS.with_label_values(&[o]);
     }
     LazyLock::force(&PUSH_LATENCY);
+    REQUEST_SECONDS.with_label_values(&[Command::C2cSend.name()]);
     LazyLock::force(&KICKED);
     LazyLock::force(&SLOW_CONSUMERS);
     LazyLock::force(&IDLE_CLOSED);

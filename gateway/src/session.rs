@@ -26,7 +26,12 @@ use crate::gateway::Gateway;
 use crate::metrics;
 use crate::ratelimit::TokenBucket;
 
-type Pending = Pin<Box<dyn Future<Output = (u16, u32, UpReply)> + Send>>;
+/// A request logic has: its command, seq, when its frame was read, and the reply.
+type Pending = Pin<Box<dyn Future<Output = (ReplyTo, UpReply)> + Send>>;
+
+/// Where a reply goes (the request's command and seq) and when the request
+/// was read (for `im_gateway_request_seconds`).
+type ReplyTo = (u16, u32, std::time::Instant);
 
 /// A [`LogicApi`] whose reply futures run as tasks of their own.
 ///
@@ -237,7 +242,7 @@ struct Serve<'a, T> {
     out: VecDeque<Bytes>,
     unflushed: bool,
     /// The request being handed to logic; no frame is read meanwhile.
-    submitting: Option<(Option<(u16, u32)>, Submitting<'a>)>,
+    submitting: Option<(Option<ReplyTo>, Submitting<'a>)>,
     /// Requests logic has, answered in request order; `None` (no
     /// allocation, one pointer) while there are none.
     inflight: Option<Box<FuturesOrdered<Pending>>>,
@@ -281,10 +286,11 @@ where
         };
         let mut any = false;
         while let Poll::Ready(next) = inflight.poll_next_unpin(cx) {
-            let Some((command, seq, reply)) = next else {
+            let Some(((command, seq, read_at), reply)) = next else {
                 self.inflight = None;
                 break;
             };
+            metrics::request(command, read_at);
             // A connection waiting on its own requests is not idle.
             self.handle.touch();
             if let Some(up_reply::Kind::Pulled(p)) = &reply.kind {
@@ -309,10 +315,10 @@ where
         };
         let reply = ready!(fut.as_mut().poll(cx));
         // An ACK's reply is not awaited: there is nothing to answer.
-        if let Some((command, seq)) = *reply_to {
+        if let Some(to) = *reply_to {
             self.inflight
                 .get_or_insert_with(Box::default)
-                .push_back(Box::pin(async move { (command, seq, reply.await) }));
+                .push_back(Box::pin(async move { (to, reply.await) }));
         }
         self.submitting = None;
         Poll::Ready(())
@@ -333,12 +339,14 @@ where
             Some(Ok(f)) => f,
         };
         self.handle.touch();
+        let read_at = std::time::Instant::now();
         metrics::frame("in", frame.command);
         Poll::Ready(
             match step(self.gw, self.handle, self.id, frame, &mut self.bucket) {
                 Step::Reply(bytes) => self.send(bytes),
                 Step::Submit(reply_to, up) => {
                     let gw: &'a Gateway = self.gw;
+                    let reply_to = reply_to.map(|(c, s)| (c, s, read_at));
                     self.submitting = Some((reply_to, gw.logic.submit(up)));
                     true
                 }
@@ -627,6 +635,82 @@ mod tests {
         let _unpolled = plain.submit(UpRequest::default()).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// Answers AUTH for user 7 and every request 150 ms later.
+    struct SlowLogic;
+
+    #[async_trait]
+    impl im_common::api::LogicApi for SlowLogic {
+        async fn auth(&self, _: logic::AuthRequest) -> Result<logic::AuthReply, ApiError> {
+            Ok(logic::AuthReply {
+                user_id: 7,
+                ..Default::default()
+            })
+        }
+        async fn submit(&self, _: UpRequest) -> ReplyFuture {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                UpReply::default()
+            })
+        }
+    }
+
+    /// `im_gateway_request_seconds` runs from the request's frame to its
+    /// reply, so it holds the time logic took to answer.
+    #[tokio::test]
+    async fn a_requests_time_holds_logics_answer() {
+        use crate::io::FrameIo;
+        use im_proto::FrameCodec;
+        let gw = Gateway::new(
+            GatewayConfig::new("g", "local"),
+            Arc::new(SlowLogic),
+            Arc::new(MemoryRouteTable::new()),
+            CancellationToken::new(),
+            Readiness::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .unwrap();
+        tokio::spawn(crate::tcp::connection(
+            gw.clone(),
+            accepted.unwrap().0,
+            "p".into(),
+            permit,
+        ));
+        let mut client = FrameIo::new(client.unwrap(), FrameCodec::new(1 << 16));
+        let auth = AuthRequest {
+            token: "t".into(),
+            device: DeviceType::Desktop as i32,
+            device_id: "d".into(),
+        };
+        client
+            .send(Frame::request(Command::Auth, 1, auth.encode_to_vec()).to_bytes())
+            .await
+            .unwrap();
+        assert_eq!(client.next().await.unwrap().unwrap().seq, 1);
+        let sends = metrics::REQUEST_SECONDS.with_label_values(&["c2c_send"]);
+        let before = (sends.get_sample_count(), sends.get_sample_sum());
+        let send = C2cSendRequest {
+            to: 8,
+            client_msg_id: "c-1".into(),
+            content_type: 1,
+            body: b"hi".to_vec().into(),
+        };
+        client
+            .send(Frame::request(Command::C2cSend, 2, send.encode_to_vec()).to_bytes())
+            .await
+            .unwrap();
+        let reply = client.next().await.unwrap().unwrap();
+        assert_eq!((reply.command(), reply.seq), (Some(Command::C2cSend), 2));
+        // This test alone sends C2C_SEND through a gateway in this binary.
+        assert_eq!(sends.get_sample_count() - before.0, 1);
+        let took = sends.get_sample_sum() - before.1;
+        assert!((0.15..5.0).contains(&took), "observed {took} s");
     }
 
     /// What an idle connection keeps in its one task, beside the socket and
