@@ -123,16 +123,31 @@ fn parse_env(list: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// How long a server may take to stop after SIGTERM before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(15);
+
 /// How long a started server may take to report ready.
 const STARTUP: Duration = Duration::from_secs(60);
 
 impl Target {
-    /// Stops the processes this run started and drops the database it
+    /// Stops the processes this run started (SIGTERM, so that logic
+    /// closes its database connections and the gateways drain; SIGKILL for
+    /// any still running after [`STOP_WAIT`]) and drops the database it
     /// created (left behind, a run's tables are vacuumed and analysed by
     /// Postgres during the next run, on the same two cores) and its Redis
     /// keys (the routes of the connections still open when the gateways
     /// were stopped, ~1,000 a run, would stay in the shared Redis).
     pub async fn stop(mut self) {
+        for p in &self.procs {
+            if let Err(e) = p.terminate() {
+                eprintln!("could not stop a server gracefully: {e:#}");
+            }
+        }
+        for p in &mut self.procs {
+            if !p.wait_exit(STOP_WAIT).await {
+                eprintln!("a server did not stop within {STOP_WAIT:?}; killing it");
+            }
+        }
         self.procs.clear();
         if self.started && self.mode == Mode::Cluster {
             use sqlx::migrate::MigrateDatabase;
