@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use im_client::ChatClient;
 
 use crate::flow::{self, Dest, Shared, lock};
-use crate::hops::{self, HopSecond};
+use crate::hops::{self, Second};
 use crate::ledger::{self, SenderLog};
 use crate::run::{Outcome, spinner};
 use crate::sys::CpuSampler;
@@ -244,13 +244,13 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
 
 /// Each second of sending: the clients' latency (send to receive, and send
 /// to `SENT`, by the second of the send's schedule), the stall probe's
-/// longest oversleep, and each hop's figures ([`hops`]), so that a spike
-/// can be read across them.
+/// longest oversleep, and each hop's figures and the writers' busy share
+/// ([`hops`]), so that a spike can be read across them.
 fn seconds(
     received: &Timeline,
     sent: &Timeline,
     overslept: &Timeline,
-    mut hop_seconds: BTreeMap<usize, BTreeMap<&'static str, HopSecond>>,
+    mut hop_seconds: BTreeMap<usize, Second>,
 ) -> Vec<serde_json::Value> {
     let by_second = |t: &Timeline| -> BTreeMap<usize, (f64, f64)> {
         t.points()
@@ -270,8 +270,9 @@ fn seconds(
                 "sent_max_ms": sent.get(&p.second).map(|s| s.1),
                 "overslept_max_ms": overslept.get(&p.second).map(|s| s.1),
             });
-            if let Some(hops) = hop_seconds.remove(&p.second) {
-                row["hops"] = serde_json::json!(hops);
+            if let Some(s) = hop_seconds.remove(&p.second) {
+                row["hops"] = serde_json::json!(s.hops);
+                row["writer_busy"] = serde_json::json!(s.writer_busy);
             }
             row
         })

@@ -9,13 +9,15 @@
 //! the processes reporting it. The gateway's push time to the device's ACK
 //! is left out: a client ACKs a push of receipts only within 500 ms
 //! (`docs/protocol.md` §5.5), so that histogram's top says nothing of a
-//! second's spike.
+//! second's spike. Beside them, the store writers' busy share of the
+//! second (`im_logic_store_busy_seconds_total`, summed over writers): a
+//! writer near 1.0 has no slack to work off a queue.
 //! A second's figures are what was observed in it, so a message sent near
 //! the end of second k may show in second k + 1.
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::flow::Shared;
 use crate::metrics::{self, Cumulative};
@@ -37,9 +39,24 @@ pub struct HopSecond {
     pub max_le_ms: f64,
 }
 
-/// The hops' histograms over all processes at one moment.
+/// The store writers' busy time, summed over writers and processes.
+const WRITER_BUSY: &str = "im_logic_store_busy_seconds_total";
+
+/// The hops' histograms and the writers' busy seconds over all processes
+/// at one moment.
 #[derive(Debug, Clone, Default)]
-pub struct Scrape(BTreeMap<&'static str, Cumulative>);
+pub struct Scrape {
+    hops: BTreeMap<&'static str, Cumulative>,
+    writer_busy: f64,
+}
+
+/// One second: each hop ([`HopSecond`]), and the share of the second the
+/// store writers were busy.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Second {
+    pub hops: BTreeMap<&'static str, HopSecond>,
+    pub writer_busy: f64,
+}
 
 impl Scrape {
     /// Sums each hop's histogram over the processes' `/metrics` pages.
@@ -52,15 +69,20 @@ impl Scrape {
                 }
             }
         }
-        Scrape(hops)
+        let writer_busy = pages
+            .iter()
+            .filter_map(|p| metrics::total(p, WRITER_BUSY))
+            .sum();
+        Scrape { hops, writer_busy }
     }
 
-    /// Each hop's observations since `earlier` (hops with none left out).
-    pub fn since(&self, earlier: &Scrape) -> BTreeMap<&'static str, HopSecond> {
+    /// What happened in the `secs` since `earlier`: each hop's observations
+    /// (hops with none left out) and the writers' busy share.
+    pub fn since(&self, earlier: &Scrape, secs: f64) -> Second {
         let mut out = BTreeMap::new();
-        for (hop, now) in &self.0 {
+        for (hop, now) in &self.hops {
             let d = earlier
-                .0
+                .hops
                 .get(hop)
                 .map_or_else(|| now.clone(), |e| now.since(e));
             if d.count > 0.0 {
@@ -74,18 +96,18 @@ impl Scrape {
                 );
             }
         }
-        out
+        Second {
+            hops: out,
+            writer_busy: (self.writer_busy - earlier.writer_busy) / secs.max(1e-3),
+        }
     }
 }
 
 /// Scrapes `urls` at every whole second of `shared`'s clock until sending
-/// stops, and returns each second's hops, by second.
-pub async fn sample(
-    urls: Vec<String>,
-    shared: Arc<Shared>,
-) -> BTreeMap<usize, BTreeMap<&'static str, HopSecond>> {
+/// stops, and returns what each second saw, by second.
+pub async fn sample(urls: Vec<String>, shared: Arc<Shared>) -> BTreeMap<usize, Second> {
     let mut seconds = BTreeMap::new();
-    let mut last: Option<(usize, Scrape)> = None;
+    let mut last: Option<(usize, Instant, Scrape)> = None;
     while !shared.stop_sending.load(Ordering::Relaxed) {
         let now_ms = shared.ms() as u64;
         let second = (now_ms / 1000 + 1) as usize;
@@ -97,13 +119,14 @@ pub async fn sample(
             last = None;
             continue;
         };
-        let scrape = Scrape::of(&pages);
-        if let Some((prev_second, prev)) = &last
+        let (at, scrape) = (Instant::now(), Scrape::of(&pages));
+        if let Some((prev_second, prev_at, prev)) = &last
             && *prev_second + 1 == second
         {
-            seconds.insert(*prev_second, scrape.since(prev));
+            let secs = (at - *prev_at).as_secs_f64();
+            seconds.insert(*prev_second, scrape.since(prev, secs));
         }
-        last = Some((second, scrape));
+        last = Some((second, at, scrape));
     }
     seconds
 }
@@ -112,9 +135,10 @@ pub async fn sample(
 mod tests {
     use super::*;
 
-    fn page(wait_1ms: u32, wait_100ms: u32, push: u32) -> String {
+    fn page(wait_1ms: u32, wait_100ms: u32, push: u32, busy: f64) -> String {
         format!(
-            "im_logic_store_wait_seconds_bucket{{le=\"0.001\"}} {wait_1ms}\n\
+            "im_logic_store_busy_seconds_total {busy}\n\
+             im_logic_store_wait_seconds_bucket{{le=\"0.001\"}} {wait_1ms}\n\
              im_logic_store_wait_seconds_bucket{{le=\"0.1\"}} {}\n\
              im_logic_store_wait_seconds_bucket{{le=\"+Inf\"}} {}\n\
              im_logic_store_wait_seconds_sum 0\n\
@@ -134,9 +158,12 @@ mod tests {
         // Two processes; in the second between the scrapes one message
         // waited up to 100 ms for the writer, 99 waited up to 1 ms, and
         // three pushes were answered within 2 ms.
-        let before = Scrape::of(&[page(1000, 5, 10), page(0, 0, 7)]);
-        let after = Scrape::of(&[page(1099, 6, 11), page(0, 0, 9)]);
-        let second = after.since(&before);
+        // The two writers were busy 0.9 s and 0.3 s of the 1.2 s between.
+        let before = Scrape::of(&[page(1000, 5, 10, 4.0), page(0, 0, 7, 1.0)]);
+        let after = Scrape::of(&[page(1099, 6, 11, 4.9), page(0, 0, 9, 1.3)]);
+        let second = after.since(&before, 1.2);
+        assert!((second.writer_busy - 1.0).abs() < 1e-9, "{second:?}");
+        let second = second.hops;
         let wait = &second["writer_wait"];
         assert_eq!(wait.count, 100.0);
         assert_eq!(wait.p99_le_ms, 1.0);
@@ -145,7 +172,8 @@ mod tests {
         assert_eq!((push.count, push.max_le_ms), (3.0, 2.0));
         // Hops no process reports, or with nothing in the second, are left out.
         assert!(!second.contains_key("batch"));
-        let idle = Scrape::of(&[page(1099, 6, 11)]).since(&Scrape::of(&[page(1099, 6, 11)]));
-        assert!(idle.is_empty());
+        let idle = Scrape::of(&[page(1099, 6, 11, 2.0)]);
+        let idle = idle.since(&idle, 1.0);
+        assert!(idle.hops.is_empty() && idle.writer_busy == 0.0);
     }
 }

@@ -239,7 +239,7 @@ fn print_slow_seconds(figures: &serde_json::Map<String, serde_json::Value>) {
     let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
     let hops = im_bench::hops::HOPS.map(|(h, _)| h);
     println!(
-        "  seconds with a latency of 20 ms or more (max ms; hops: max bucket bound): second latency sent overslept {}",
+        "  seconds with a latency of 20 ms or more (max ms; hops: max bucket bound): second latency sent overslept writer_busy {}",
         hops.join(" ")
     );
     for r in slow {
@@ -248,11 +248,14 @@ fn print_slow_seconds(figures: &serde_json::Map<String, serde_json::Value>) {
             .map(|h| ms(&r["hops"][h]["max_le_ms"]))
             .collect();
         println!(
-            "    {} {} {} {} {}",
+            "    {} {} {} {} {} {}",
             r["second"],
             ms(&r["latency_max_ms"]),
             ms(&r["sent_max_ms"]),
             ms(&r["overslept_max_ms"]),
+            r["writer_busy"]
+                .as_f64()
+                .map_or("-".to_string(), |b| format!("{b:.2}")),
             hop_max.join(" ")
         );
     }
