@@ -128,10 +128,12 @@ pub async fn drive(target: &mut Target, clients: &[Arc<ChatClient>], spec: Spec)
         let _ = s.await;
     }
     let _ = probe.join();
-    let hop_seconds = hop_seconds.await.unwrap_or_default();
     pb.set_message("draining");
     let drained = flow::drain(&shared, spec.fanout as u64, Duration::from_secs(30)).await;
     out.cpu = cpu.stop();
+    // Awaited only now: the sampler sleeps to the next whole second before
+    // it sees that sending stopped, and that second is not the run's.
+    let hop_seconds = hop_seconds.await.unwrap_or_default();
     out.metrics = target.metrics().await;
     // Receipts for the last acknowledgements arrive a little later; let them.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -194,9 +194,20 @@ pub fn summarize(text: &str) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
-/// GETs a `/metrics` page.
+/// GETs a `/metrics` page (on one client for the whole run: `reqwest::get`
+/// builds a client, with its TLS set-up, for every call, and the hop
+/// sampler scrapes every process once a second on the cores the servers
+/// use).
 pub async fn scrape(url: &str) -> anyhow::Result<String> {
-    Ok(reqwest::get(url).await?.error_for_status()?.text().await?)
+    static CLIENT: std::sync::LazyLock<reqwest::Client> =
+        std::sync::LazyLock::new(reqwest::Client::new);
+    Ok(CLIENT
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
 }
 
 #[cfg(test)]
