@@ -637,6 +637,29 @@ mod tests {
         assert_eq!(done.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
+    /// A gateway on `logic` and one TCP connection it accepted: the
+    /// client's end, and the connection's task (not yet running).
+    async fn one_connection(
+        logic: Arc<dyn im_common::api::LogicApi>,
+    ) -> (tokio::net::TcpStream, impl Future<Output = ()> + Send) {
+        let gw = Gateway::new(
+            GatewayConfig::new("g", "local"),
+            logic,
+            Arc::new(MemoryRouteTable::new()),
+            CancellationToken::new(),
+            Readiness::default(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .unwrap();
+        let task = crate::tcp::connection(gw, accepted.unwrap().0, "p".into(), permit);
+        (client.unwrap(), task)
+    }
+
     /// Answers AUTH for user 7 and every request 150 ms later.
     struct SlowLogic;
 
@@ -662,27 +685,9 @@ mod tests {
     async fn a_requests_time_holds_logics_answer() {
         use crate::io::FrameIo;
         use im_proto::FrameCodec;
-        let gw = Gateway::new(
-            GatewayConfig::new("g", "local"),
-            Arc::new(SlowLogic),
-            Arc::new(MemoryRouteTable::new()),
-            CancellationToken::new(),
-            Readiness::default(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let permit = Arc::new(tokio::sync::Semaphore::new(1))
-            .acquire_owned()
-            .await
-            .unwrap();
-        tokio::spawn(crate::tcp::connection(
-            gw.clone(),
-            accepted.unwrap().0,
-            "p".into(),
-            permit,
-        ));
-        let mut client = FrameIo::new(client.unwrap(), FrameCodec::new(1 << 16));
+        let (client, task) = one_connection(Arc::new(SlowLogic)).await;
+        tokio::spawn(task);
+        let mut client = FrameIo::new(client, FrameCodec::new(1 << 16));
         let auth = AuthRequest {
             token: "t".into(),
             device: DeviceType::Desktop as i32,
@@ -718,21 +723,7 @@ mod tests {
     /// staying small.
     #[tokio::test]
     async fn connection_tasks_stay_small() {
-        let gw = Gateway::new(
-            GatewayConfig::new("g", "local"),
-            Arc::new(NoLogic),
-            Arc::new(MemoryRouteTable::new()),
-            CancellationToken::new(),
-            Readiness::default(),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
-        let (client, accepted) = tokio::join!(client, listener.accept());
-        let permit = Arc::new(tokio::sync::Semaphore::new(1))
-            .acquire_owned()
-            .await
-            .unwrap();
-        let task = crate::tcp::connection(gw.clone(), accepted.unwrap().0, "p".into(), permit);
+        let (client, task) = one_connection(Arc::new(NoLogic)).await;
         drop(client);
         let size = std::mem::size_of_val(&task);
         // tokio adds ~110 bytes and rounds the task to 128: at most 400
