@@ -280,8 +280,8 @@ impl ConnHandle {
     /// the cursor and the receipts are decided in the store.
     pub fn on_ack(&self, seq: u64) -> AckOutcome {
         let settled = self.window().ack(seq, Instant::now());
-        for latency in &settled.latencies {
-            metrics::PUSH_LATENCY.observe(latency.as_secs_f64());
+        for &(latency, wants_receipt) in &settled.latencies {
+            metrics::push_latency(latency, wants_receipt);
         }
         let forwarded = self.acked.load(Ordering::Relaxed);
         if seq <= forwarded.max(self.deferred.load(Ordering::Relaxed)) {
@@ -388,6 +388,28 @@ mod tests {
         assert_eq!(h.outbox().close_and_take(), [Bytes::from_static(b"p1")]);
         h.retransmit(later + std::time::Duration::from_millis(11));
         assert!(h.is_closed());
+    }
+
+    /// A push whose ACK stores a receipt is timed apart from the others,
+    /// whose ACK a client may debounce.
+    #[test]
+    fn push_latency_is_labelled_by_whether_the_ack_stores_a_receipt() {
+        let sum = |r: &str| {
+            metrics::PUSH_LATENCY
+                .with_label_values(&[r])
+                .get_sample_sum()
+        };
+        let before = (sum("wanted"), sum("none"));
+        let h = ConnHandle::new(1, 8, Arc::default());
+        h.send_push(Bytes::from_static(b"m"), 1, true).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        h.send_push(Bytes::from_static(b"r"), 2, false).unwrap();
+        h.send_push(Bytes::from_static(b"g"), 3, false).unwrap();
+        h.on_ack(3);
+        // Only the first push waited 150 ms for its ACK (other tests of
+        // this binary settle pushes at once).
+        assert!(sum("wanted") - before.0 >= 0.15);
+        assert!(sum("none") - before.1 < 0.1);
     }
 
     async fn take(h: &ConnHandle) -> VecDeque<Bytes> {

@@ -2,11 +2,9 @@
 use std::sync::LazyLock;
 
 use im_proto::Command;
-
 use prometheus::{
     Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, exponential_buckets,
-    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
-    register_int_gauge,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
 };
 
 // Registration fails only on a duplicate name, a start-up invariant.
@@ -43,14 +41,27 @@ pub static FRAMES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("register im_gateway_frames_total")
 });
 
-pub static PUSH_LATENCY: LazyLock<Histogram> = LazyLock::new(|| {
-    register_histogram!(
+/// By `receipt`: `wanted` for pushes holding a one-to-one message from
+/// another user, whose ACK stores a DELIVERED receipt and which a client
+/// ACKs at once, and `none` for the others (receipts, group messages, the
+/// user's own), whose ACK a client may debounce, by up to a second
+/// (docs/protocol.md §5.5): mixed in, those would read as slow pushes.
+pub static PUSH_LATENCY: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
         "im_gateway_push_latency_seconds",
-        "From a push reaching the gateway to the device acknowledging it",
+        "From a push reaching the gateway to the device acknowledging it, by whether its ACK stores a receipt (wanted, none)",
+        &["receipt"],
         exponential_buckets(0.0005, 2.0, 16).expect("buckets")
     )
     .expect("register im_gateway_push_latency_seconds")
 });
+
+/// Observes a settled push's time to its ACK (see [`PUSH_LATENCY`]).
+pub fn push_latency(latency: std::time::Duration, wants_receipt: bool) {
+    static BY_RECEIPT: LazyLock<[Histogram; 2]> =
+        LazyLock::new(|| ["none", "wanted"].map(|r| PUSH_LATENCY.with_label_values(&[r])));
+    BY_RECEIPT[usize::from(wants_receipt)].observe(latency.as_secs_f64());
+}
 
 /// A request's time in the gateway and behind it, by command: from its
 /// frame being read to its reply queued for the device. For a send that
@@ -178,7 +189,9 @@ pub fn init() {
     for o in ACK_OUTCOMES {
         ACKS.with_label_values(&[o]);
     }
-    LazyLock::force(&PUSH_LATENCY);
+    for r in ["wanted", "none"] {
+        PUSH_LATENCY.with_label_values(&[r]);
+    }
     REQUEST_SECONDS.with_label_values(&[Command::C2cSend.name()]);
     LazyLock::force(&KICKED);
     LazyLock::force(&SLOW_CONSUMERS);

@@ -57,8 +57,9 @@ pub struct WindowFull;
 /// What an acknowledgement settled.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Settled {
-    /// Push-to-ack latency of each push it settled.
-    pub latencies: Vec<Duration>,
+    /// Push-to-ack latency of each push it settled, and whether that push
+    /// held a message that wants a DELIVERED receipt.
+    pub latencies: Vec<(Duration, bool)>,
     /// The highest sequence among them (0: none).
     pub max_seq: u64,
     /// One of them held a message that wants a DELIVERED receipt.
@@ -128,7 +129,7 @@ impl RetransmitWindow {
             if e.max_seq <= seq {
                 settled
                     .latencies
-                    .push(now.saturating_duration_since(e.first_sent));
+                    .push((now.saturating_duration_since(e.first_sent), e.wants_receipt));
                 settled.max_seq = settled.max_seq.max(e.max_seq);
                 settled.wants_receipt |= e.wants_receipt;
                 false
@@ -207,7 +208,10 @@ mod tests {
         assert_eq!(
             settled,
             Settled {
-                latencies: vec![Duration::from_millis(7); 2],
+                latencies: vec![
+                    (Duration::from_millis(7), false),
+                    (Duration::from_millis(7), true)
+                ],
                 max_seq: 10,
                 wants_receipt: true,
             }
