@@ -5,11 +5,12 @@
 //! The hops, in a message's order: the gateway's request (frame read to
 //! `SENT` queued: logic and the store behind it), the writer's wait (the
 //! message reaching the store writer to its commit) and its batches, and
-//! the pusher (a stored batch to its gateway's answer). Each is summed over
-//! the processes reporting it. The gateway's push time to the device's ACK
-//! is left out: a client ACKs a push of receipts only within 500 ms
-//! (`docs/protocol.md` §5.5), so that histogram's top says nothing of a
-//! second's spike. Beside them, the store writers' busy share of the
+//! the pusher (a stored batch to its gateway's answer), and the gateway's
+//! push to the device's ACK, for the pushes a client ACKs at once
+//! (`receipt="wanted"`: the others' ACKs may wait up to a second,
+//! `docs/protocol.md` §5.5, and would say nothing of a second's spike).
+//! Each is summed over the processes reporting it. Beside them, the store
+//! writers' busy share of the
 //! second (`im_logic_store_busy_seconds_total`, summed over writers): a
 //! writer near 1.0 has no slack to work off a queue.
 //! A second's figures are what was observed in it, so a message sent near
@@ -22,12 +23,18 @@ use std::time::{Duration, Instant};
 use crate::flow::Shared;
 use crate::metrics::{self, Cumulative};
 
-/// (name in the report, Prometheus histogram).
-pub const HOPS: [(&str, &str); 4] = [
-    ("gateway_request", "im_gateway_request_seconds"),
-    ("writer_wait", "im_logic_store_wait_seconds"),
-    ("batch", "im_logic_store_latency_seconds"),
-    ("push", "im_logic_push_seconds"),
+/// (name in the report, Prometheus histogram, the label sets taken: a
+/// substring of their lines, empty for all).
+pub const HOPS: [(&str, &str, &str); 5] = [
+    ("gateway_request", "im_gateway_request_seconds", ""),
+    ("writer_wait", "im_logic_store_wait_seconds", ""),
+    ("batch", "im_logic_store_latency_seconds", ""),
+    ("push", "im_logic_push_seconds", ""),
+    (
+        "gateway_push",
+        "im_gateway_push_latency_seconds",
+        "receipt=\"wanted\"",
+    ),
 ];
 
 /// One hop in one second, in milliseconds (upper bounds of the buckets
@@ -62,9 +69,9 @@ impl Scrape {
     /// Sums each hop's histogram over the processes' `/metrics` pages.
     pub fn of(pages: &[String]) -> Scrape {
         let mut hops = BTreeMap::new();
-        for (hop, name) in HOPS {
+        for (hop, name, label) in HOPS {
             for page in pages {
-                if let Some(h) = Cumulative::parse(page, name) {
+                if let Some(h) = Cumulative::parse_where(page, name, label) {
                     hops.entry(hop).or_insert_with(Cumulative::default).add(&h);
                 }
             }
@@ -146,7 +153,13 @@ mod tests {
              im_logic_push_seconds_bucket{{le=\"0.002\"}} {push}\n\
              im_logic_push_seconds_bucket{{le=\"+Inf\"}} {push}\n\
              im_logic_push_seconds_sum 0\n\
-             im_logic_push_seconds_count {push}\n",
+             im_logic_push_seconds_count {push}\n\
+             im_gateway_push_latency_seconds_bucket{{receipt=\"none\",le=\"1\"}} {push}\n\
+             im_gateway_push_latency_seconds_bucket{{receipt=\"none\",le=\"+Inf\"}} {push}\n\
+             im_gateway_push_latency_seconds_count{{receipt=\"none\"}} {push}\n\
+             im_gateway_push_latency_seconds_bucket{{receipt=\"wanted\",le=\"0.004\"}} {wait_1ms}\n\
+             im_gateway_push_latency_seconds_bucket{{receipt=\"wanted\",le=\"+Inf\"}} {wait_1ms}\n\
+             im_gateway_push_latency_seconds_count{{receipt=\"wanted\"}} {wait_1ms}\n",
             wait_1ms + wait_100ms,
             wait_1ms + wait_100ms,
             wait_1ms + wait_100ms,
@@ -170,6 +183,9 @@ mod tests {
         assert_eq!(wait.max_le_ms, 100.0);
         let push = &second["push"];
         assert_eq!((push.count, push.max_le_ms), (3.0, 2.0));
+        // The gateway's push counts only the pushes ACKed at once.
+        let acked = &second["gateway_push"];
+        assert_eq!((acked.count, acked.max_le_ms), (99.0, 4.0));
         // Hops no process reports, or with nothing in the second, are left out.
         assert!(!second.contains_key("batch"));
         let idle = Scrape::of(&[page(1099, 6, 11, 2.0)]);

@@ -237,7 +237,7 @@ fn print_slow_seconds(figures: &serde_json::Map<String, serde_json::Value>) {
         return;
     }
     let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.1}"));
-    let hops = im_bench::hops::HOPS.map(|(h, _)| h);
+    let hops = im_bench::hops::HOPS.map(|(h, _, _)| h);
     println!(
         "  seconds with a latency of 20 ms or more (max ms; hops: max bucket bound): second latency sent overslept writer_busy {}",
         hops.join(" ")

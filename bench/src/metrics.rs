@@ -43,13 +43,22 @@ pub struct Cumulative {
 impl Cumulative {
     /// The histogram `name` in a Prometheus text page, summed over label sets.
     pub fn parse(text: &str, name: &str) -> Option<Cumulative> {
+        Cumulative::parse_where(text, name, "")
+    }
+
+    /// [`Cumulative::parse`] over the label sets whose line holds `label`
+    /// (e.g. `receipt="wanted"`; empty: all).
+    pub fn parse_where(text: &str, name: &str, label: &str) -> Option<Cumulative> {
         let bucket = format!("{name}_bucket");
         let sum_p = format!("{name}_sum");
         let count_p = format!("{name}_count");
         let mut buckets: BTreeMap<u64, f64> = BTreeMap::new();
         let mut h = Cumulative::default();
         let mut seen = false;
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(label))
+        {
             let head = line.split([' ', '{']).next().unwrap_or("");
             if head == bucket {
                 if let (Some(le), Some(v)) = (le_of(line), metric_value(line)) {
