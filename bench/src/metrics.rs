@@ -180,6 +180,14 @@ pub fn summarize(text: &str) -> serde_json::Value {
             out.insert(name.into(), serde_json::json!(h));
         }
     }
+    // The pushes a client ACKs at once, apart: the others' ACKs may wait.
+    let wanted = "receipt=\"wanted\"";
+    if let Some(h) = Cumulative::parse_where(text, "im_gateway_push_latency_seconds", wanted) {
+        out.insert(
+            format!("im_gateway_push_latency_seconds{{{wanted}}}"),
+            serde_json::json!(h.summary()),
+        );
+    }
     for name in [
         "im_logic_messages_total",
         "im_logic_push_failures_total",
@@ -235,6 +243,13 @@ im_logic_messages_total{kind="c2c"} 5
 im_logic_messages_total{kind="receipt"} 7
 im_gateway_acks_total{outcome="deferred"} 4
 im_gateway_acks_total{outcome="forwarded"} 6
+im_gateway_push_latency_seconds_bucket{receipt="none",le="1"} 4
+im_gateway_push_latency_seconds_bucket{receipt="none",le="+Inf"} 4
+im_gateway_push_latency_seconds_count{receipt="none"} 4
+im_gateway_push_latency_seconds_bucket{receipt="wanted",le="0.002"} 2
+im_gateway_push_latency_seconds_bucket{receipt="wanted",le="1"} 2
+im_gateway_push_latency_seconds_bucket{receipt="wanted",le="+Inf"} 2
+im_gateway_push_latency_seconds_count{receipt="wanted"} 2
 "#;
 
     #[test]
@@ -252,5 +267,16 @@ im_gateway_acks_total{outcome="forwarded"} 6
         assert_eq!(acks["deferred"], 4.0);
         assert_eq!(acks["forwarded"], 6.0);
         assert_eq!(summarize(PAGE)["im_gateway_acks_total"]["deferred"], 4.0);
+        // Every push, and apart those ACKed at once.
+        let all = &summarize(PAGE)["im_gateway_push_latency_seconds"];
+        assert_eq!(
+            (all["count"].as_f64(), all["max_le"].as_f64()),
+            (Some(6.0), Some(1.0))
+        );
+        let wanted = &summarize(PAGE)["im_gateway_push_latency_seconds{receipt=\"wanted\"}"];
+        assert_eq!(
+            (wanted["count"].as_f64(), wanted["max_le"].as_f64()),
+            (Some(2.0), Some(0.002))
+        );
     }
 }
