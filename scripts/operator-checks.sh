@@ -5,7 +5,8 @@
 #      schemas (kubernetes-validate --strict);
 #   3. the example ImCluster validates against the CRD's own schema;
 #   4. values.yaml validates against values.schema.json;
-#   5. the alert rules pass `promtool check rules`;
+#   5. the alert rules pass `promtool check rules` and their unit tests
+#      (`promtool test rules scripts/alerts-test.yaml`);
 #   6. the Grafana dashboard is valid JSON and queries the contract metric names.
 # Exits non-zero on the first failure. Installs kubernetes-validate (pip) and prometheus
 # (apt, for promtool) when missing.
@@ -97,6 +98,9 @@ PY
 
 step "promtool check rules"
 promtool check rules "$chart/files/alerts.yaml"
+
+step "promtool test rules"
+(cd scripts && promtool test rules alerts-test.yaml)
 
 step "dashboard"
 python3 - "$chart/files/dashboard.json" <<'PY'
