@@ -138,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         | Scenario::ReconnectStorm { common, .. } => common.clone(),
     };
     let mut machine = sys::Machine::now();
+    machine.calibration_ms[0] = sys::calibrate(sys::CALIBRATION_STEPS);
     let started_at_unix = im_proto::now_ms() / 1000;
     let wall = Instant::now();
     eprintln!(
@@ -164,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     .with_context(|| format!("server logs in {}", logs.display()))?;
     machine.load_after = sys::loadavg();
     let cwd = std::env::current_dir().unwrap_or_default();
-    let report = Report {
+    let mut report = Report {
         scenario: name.to_string(),
         mode: target.mode,
         command: std::env::args().collect(),
@@ -177,7 +178,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         git_commit: sys::git_commit(&cwd),
         started_at_unix,
         wall_secs: wall.elapsed().as_secs_f64(),
-        cpu_percent: outcome.cpu.clone(),
+        cpu_percent: outcome.cpu.groups.clone(),
+        machine_cpu_percent: outcome.cpu.machine.clone(),
         server_metrics: outcome.metrics.clone(),
         latency_over_time: outcome
             .timeline
@@ -186,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .unwrap_or_default(),
     };
     target.stop().await;
+    report.machine.calibration_ms[1] = sys::calibrate(sys::CALIBRATION_STEPS);
     println!("{name} ({:?} mode)", report.mode);
     println!("  parameters: {}", report.parameters);
     for (k, v) in &report.figures {
@@ -195,9 +198,19 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     print_slow_seconds(&report.figures);
     println!("  cpu % of one core: {:?}", report.cpu_percent);
+    if !report.cpu_percent.is_empty() {
+        let m = &report.machine_cpu_percent;
+        println!(
+            "  machine: busy {} % of one core, {} of it outside these processes, steal {} %",
+            m.busy_percent, m.outside_percent, m.steal_percent
+        );
+    }
     println!(
-        "  load average before {:?} after {:?}",
-        report.machine.load_before, report.machine.load_after
+        "  load average before {:?} after {:?}; calibration loop {:.0} ms before, {:.0} ms after",
+        report.machine.load_before,
+        report.machine.load_after,
+        report.machine.calibration_ms[0],
+        report.machine.calibration_ms[1]
     );
     if let Some(path) = &common.json {
         report.write(path)?;

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::ledger::Verdict;
-use crate::sys::Machine;
+use crate::sys::{Machine, MachineCpu};
 use crate::target::Mode;
 use crate::timeline::Point;
 
@@ -25,6 +25,9 @@ pub struct Report {
     pub wall_secs: f64,
     /// Percent of one core during the measured phase, per process group.
     pub cpu_percent: BTreeMap<String, f64>,
+    /// The whole machine in the same window (empty for idle-conns, which
+    /// measures memory).
+    pub machine_cpu_percent: MachineCpu,
     /// Summaries of each process's /metrics at the end.
     pub server_metrics: serde_json::Value,
     pub latency_over_time: Vec<Point>,

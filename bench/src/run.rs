@@ -1,6 +1,5 @@
 //! What every scenario shares: its outcome, progress bars, creating users
 //! and connecting chat clients with bounded concurrency.
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,6 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::ledger::Verdict;
 use crate::provision::{self, BenchUser};
+use crate::sys::CpuUse;
 use crate::target::Target;
 use crate::timeline::Timeline;
 
@@ -22,7 +22,7 @@ pub struct Outcome {
     pub failures: Vec<String>,
     pub verdict: Option<Verdict>,
     pub timeline: Option<Timeline>,
-    pub cpu: BTreeMap<String, f64>,
+    pub cpu: CpuUse,
     pub metrics: serde_json::Value,
     pub plot_title: String,
 }

@@ -1,5 +1,6 @@
 //! The machine and its processes, read from /proc: cores, memory, load,
-//! RSS and CPU time of a pid, the git commit from `.git` files. Read-only.
+//! the whole machine's CPU time, RSS and CPU time of a pid, the git commit
+//! from `.git` files; and how fast a core is right now. Read-only.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,6 +15,28 @@ pub struct Machine {
     /// `/proc/loadavg` (1, 5, 15 minutes) when the run started and ended.
     pub load_before: [f64; 3],
     pub load_after: [f64; 3],
+    /// [`calibrate`] before the servers start and after they stop, in ms:
+    /// the same work each time, so it shows how fast a core was around the
+    /// run (on a shared virtual machine that changes from hour to hour).
+    pub calibration_ms: [f64; 2],
+}
+
+/// Steps of [`calibrate`] in a report.
+pub const CALIBRATION_STEPS: u64 = 200_000_000;
+
+/// Times `steps` rounds of a 64-bit mixing step (shift, xor, multiply),
+/// each depending on the one before, in ms: one core's speed, for
+/// comparing runs made at different times. (An affine step such as a
+/// linear congruential generator's would not do: the compiler folds
+/// several of them into one.)
+pub fn calibrate(steps: u64) -> f64 {
+    let t = Instant::now();
+    let mut x = std::hint::black_box(0x9e37_79b9_7f4a_7c15_u64);
+    for _ in 0..steps {
+        x = (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+    std::hint::black_box(x);
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 pub fn loadavg() -> [f64; 3] {
@@ -61,6 +84,7 @@ impl Machine {
                 .to_string(),
             load_before: loadavg(),
             load_after: [0.0; 3],
+            calibration_ms: [0.0; 2],
         }
     }
 }
@@ -101,10 +125,75 @@ impl Procs {
     }
 }
 
-/// CPU use of groups of processes between `start` and `stop`.
+/// The whole machine's CPU time so far, in ticks, from the `cpu` line of
+/// `/proc/stat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MachineTicks {
+    /// user, nice, system, irq and softirq (guest time is counted in user).
+    pub busy: u64,
+    /// Time the hypervisor gave to someone else while a core wanted to run.
+    pub steal: u64,
+}
+
+impl MachineTicks {
+    pub fn now() -> MachineTicks {
+        MachineTicks::parse(&std::fs::read_to_string("/proc/stat").unwrap_or_default())
+    }
+
+    /// The `cpu` line's fields: user nice system idle iowait irq softirq
+    /// steal guest guest_nice (zero when missing).
+    pub fn parse(proc_stat: &str) -> MachineTicks {
+        let fields: Vec<u64> = proc_stat
+            .lines()
+            .find_map(|l| l.strip_prefix("cpu "))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .map(|x| x.parse().unwrap_or(0))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        MachineTicks {
+            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            steal: at(7),
+        }
+    }
+}
+
+/// The whole machine over the same window as the groups' figures, in
+/// percent of one core like them (200 = both cores of a 2-core machine).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct MachineCpu {
+    /// Every core's busy time.
+    pub busy_percent: f64,
+    /// `busy_percent` less the groups' sum: processes the run did not
+    /// start (other services on the machine) and interrupt time not
+    /// charged to a process.
+    pub outside_percent: f64,
+    /// Time the hypervisor took for other guests.
+    pub steal_percent: f64,
+}
+
+/// What [`CpuSampler::stop`] measured.
+#[derive(Debug, Clone, Default)]
+pub struct CpuUse {
+    /// Percent of one core per group.
+    pub groups: BTreeMap<String, f64>,
+    pub machine: MachineCpu,
+}
+
+/// CPU use of groups of processes, and of the whole machine, between
+/// `start` and `stop`.
 pub struct CpuSampler {
     groups: Vec<(String, Procs)>,
-    start: Option<(Instant, Vec<HashMap<u32, u64>>)>,
+    start: Option<Started>,
+}
+
+/// The ticks at [`CpuSampler::start`].
+struct Started {
+    at: Instant,
+    groups: Vec<HashMap<u32, u64>>,
+    machine: MachineTicks,
 }
 
 impl CpuSampler {
@@ -120,28 +209,52 @@ impl CpuSampler {
     }
 
     pub fn start(&mut self) {
-        self.start = Some((Instant::now(), self.ticks()));
+        self.start = Some(Started {
+            at: Instant::now(),
+            groups: self.ticks(),
+            machine: MachineTicks::now(),
+        });
     }
 
-    /// Percent of one core per group (200 = both cores of a 2-core machine).
-    pub fn stop(&self) -> BTreeMap<String, f64> {
-        let Some((t0, before)) = &self.start else {
-            return BTreeMap::new();
+    /// Percent of one core per group and for the whole machine.
+    pub fn stop(&self) -> CpuUse {
+        let Some(start) = &self.start else {
+            return CpuUse::default();
         };
-        let secs = t0.elapsed().as_secs_f64().max(1e-3);
-        self.groups
+        let secs = start.at.elapsed().as_secs_f64().max(1e-3);
+        let percent = |ticks: u64| ticks as f64 / TICKS_PER_SEC / secs * 100.0;
+        let used: Vec<u64> = self
+            .ticks()
             .iter()
-            .zip(self.ticks().iter().zip(before))
-            .map(|((name, _), (after, before))| {
-                let used: u64 = after
+            .zip(&start.groups)
+            .map(|(after, before)| {
+                after
                     .iter()
                     .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
-                    .sum();
-                let pct = used as f64 / TICKS_PER_SEC / secs * 100.0;
-                (name.clone(), (pct * 10.0).round() / 10.0)
+                    .sum()
             })
-            .collect()
+            .collect();
+        let machine = MachineTicks::now();
+        let busy = percent(machine.busy.saturating_sub(start.machine.busy));
+        let measured = percent(used.iter().sum());
+        CpuUse {
+            groups: self
+                .groups
+                .iter()
+                .zip(&used)
+                .map(|((name, _), &t)| (name.clone(), tenth(percent(t))))
+                .collect(),
+            machine: MachineCpu {
+                busy_percent: tenth(busy),
+                outside_percent: tenth(busy - measured),
+                steal_percent: tenth(percent(machine.steal.saturating_sub(start.machine.steal))),
+            },
+        }
     }
+}
+
+fn tenth(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 /// The commit checked out in the repository around `start`, read from `.git`.
@@ -186,5 +299,49 @@ mod tests {
         assert!(x != 1);
         assert!(cpu_ticks(me) > 0);
         assert!(Machine::now().nproc >= 1);
+    }
+
+    #[test]
+    fn the_machines_ticks_are_its_busy_and_stolen_time() {
+        let stat = "cpu  100 5 50 1000 20 3 7 11 0 0\n\
+                    cpu0 50 2 25 500 10 1 3 5 0 0\n\
+                    intr 12 0 3\n";
+        // Idle (1000) and iowait (20) are not busy.
+        assert_eq!(
+            MachineTicks::parse(stat),
+            MachineTicks {
+                busy: 165,
+                steal: 11
+            }
+        );
+        // An older kernel without the steal column.
+        assert_eq!(
+            MachineTicks::parse("cpu  1 2 3 4 5 6 7\n"),
+            MachineTicks { busy: 19, steal: 0 }
+        );
+        assert_eq!(MachineTicks::parse("intr 1\n"), MachineTicks::default());
+    }
+
+    #[test]
+    fn the_machine_is_at_least_as_busy_as_a_process_it_measured() {
+        let mut sampler = CpuSampler::new(vec![(
+            "me".to_string(),
+            Procs::Pids(vec![std::process::id()]),
+        )]);
+        sampler.start();
+        let t = Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(400) {
+            calibrate(100_000);
+        }
+        let used = sampler.stop();
+        let me = used.groups["me"];
+        assert!(me > 50.0, "{used:?}");
+        // Ticks are 10 ms: allow a few either way over 400 ms.
+        assert!(used.machine.busy_percent >= me - 10.0, "{used:?}");
+        assert!(
+            (used.machine.busy_percent - me - used.machine.outside_percent).abs() < 0.2,
+            "{used:?}"
+        );
+        assert!(used.machine.steal_percent >= 0.0);
     }
 }
