@@ -16,8 +16,10 @@ pub struct Machine {
     pub load_before: [f64; 3],
     pub load_after: [f64; 3],
     /// [`calibrate`] before the servers start and after they stop, in ms:
-    /// the same work each time, so it shows how fast a core was around the
-    /// run (on a shared virtual machine that changes from hour to hour).
+    /// the same work each time, so it shows whether a core's clock changed
+    /// around the run. It does not see contention for memory and caches
+    /// from other guests of a shared virtual machine, which is where the
+    /// swings of the machine in docs/benchmarks.md were ("The machine").
     pub calibration_ms: [f64; 2],
 }
 
@@ -25,10 +27,10 @@ pub struct Machine {
 pub const CALIBRATION_STEPS: u64 = 200_000_000;
 
 /// Times `steps` rounds of a 64-bit mixing step (shift, xor, multiply),
-/// each depending on the one before, in ms: one core's speed, for
-/// comparing runs made at different times. (An affine step such as a
-/// linear congruential generator's would not do: the compiler folds
-/// several of them into one.)
+/// each depending on the one before, in ms: bound by the latency of the
+/// core's arithmetic, so by its clock, for comparing runs made at
+/// different times. (An affine step such as a linear congruential
+/// generator's would not do: the compiler folds several of them into one.)
 pub fn calibrate(steps: u64) -> f64 {
     let t = Instant::now();
     let mut x = std::hint::black_box(0x9e37_79b9_7f4a_7c15_u64);
