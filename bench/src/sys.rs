@@ -127,12 +127,20 @@ impl Procs {
     }
 }
 
-/// The whole machine's CPU time so far, in ticks, from the `cpu` line of
-/// `/proc/stat`.
+/// The whole machine's CPU time so far, from `/proc/stat`.
+///
+/// Busy time is what the window does not spend idle: on a tickless kernel
+/// the idle and iowait columns are measured exactly, while user and system
+/// are sampled at timer ticks and miss much of the work of threads that
+/// run briefly between ticks (summed, every column of the `cpu` line
+/// covered 89 % of the wall time of a single-node run here, and user +
+/// system came to 9 % less than the processes' own exact times).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MachineTicks {
-    /// user, nice, system, irq and softirq (guest time is counted in user).
-    pub busy: u64,
+    /// Cores (`cpuN` lines).
+    pub cores: u64,
+    /// idle and iowait, over all cores.
+    pub idle: u64,
     /// Time the hypervisor gave to someone else while a core wanted to run.
     pub steal: u64,
 }
@@ -143,7 +151,7 @@ impl MachineTicks {
     }
 
     /// The `cpu` line's fields: user nice system idle iowait irq softirq
-    /// steal guest guest_nice (zero when missing).
+    /// steal guest guest_nice (zero when missing), and the `cpuN` lines.
     pub fn parse(proc_stat: &str) -> MachineTicks {
         let fields: Vec<u64> = proc_stat
             .lines()
@@ -155,10 +163,26 @@ impl MachineTicks {
             })
             .unwrap_or_default();
         let at = |i: usize| fields.get(i).copied().unwrap_or(0);
+        let cores = proc_stat
+            .lines()
+            .filter(|l| {
+                l.strip_prefix("cpu")
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .count() as u64;
         MachineTicks {
-            busy: at(0) + at(1) + at(2) + at(5) + at(6),
+            cores,
+            idle: at(3) + at(4),
             steal: at(7),
         }
+    }
+
+    /// Busy ticks between `self` and a later reading `secs` apart.
+    pub fn busy_since(&self, earlier: &MachineTicks, secs: f64) -> f64 {
+        let wall = secs * TICKS_PER_SEC * self.cores as f64;
+        let not_busy =
+            self.idle.saturating_sub(earlier.idle) + self.steal.saturating_sub(earlier.steal);
+        (wall - not_busy as f64).max(0.0)
     }
 }
 
@@ -166,7 +190,7 @@ impl MachineTicks {
 /// percent of one core like them (200 = both cores of a 2-core machine).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct MachineCpu {
-    /// Every core's busy time.
+    /// The window's time on every core less idle, iowait and stolen time.
     pub busy_percent: f64,
     /// `busy_percent` less the groups' sum: processes the run did not
     /// start (other services on the machine) and interrupt time not
@@ -237,7 +261,7 @@ impl CpuSampler {
             })
             .collect();
         let machine = MachineTicks::now();
-        let busy = percent(machine.busy.saturating_sub(start.machine.busy));
+        let busy = machine.busy_since(&start.machine, secs) / TICKS_PER_SEC / secs * 100.0;
         let measured = percent(used.iter().sum());
         CpuUse {
             groups: self
@@ -304,24 +328,45 @@ mod tests {
     }
 
     #[test]
-    fn the_machines_ticks_are_its_busy_and_stolen_time() {
+    fn the_machines_ticks_are_its_idle_and_stolen_time() {
         let stat = "cpu  100 5 50 1000 20 3 7 11 0 0\n\
                     cpu0 50 2 25 500 10 1 3 5 0 0\n\
+                    cpu1 50 3 25 500 10 2 4 6 0 0\n\
                     intr 12 0 3\n";
-        // Idle (1000) and iowait (20) are not busy.
+        let t = MachineTicks::parse(stat);
         assert_eq!(
-            MachineTicks::parse(stat),
+            t,
             MachineTicks {
-                busy: 165,
+                cores: 2,
+                idle: 1020,
                 steal: 11
             }
         );
         // An older kernel without the steal column.
         assert_eq!(
-            MachineTicks::parse("cpu  1 2 3 4 5 6 7\n"),
-            MachineTicks { busy: 19, steal: 0 }
+            MachineTicks::parse("cpu  1 2 3 4 5 6 7\ncpu0 1 2 3 4 5 6 7\n"),
+            MachineTicks {
+                cores: 1,
+                idle: 9,
+                steal: 0
+            }
         );
         assert_eq!(MachineTicks::parse("intr 1\n"), MachineTicks::default());
+        // Ten seconds later on two cores (2,000 ticks): 500 more idle and
+        // iowait ticks and 100 stolen leave 1,400 busy, whatever the
+        // sampled user and system columns say.
+        let later = MachineTicks {
+            idle: t.idle + 500,
+            steal: t.steal + 100,
+            ..t
+        };
+        assert!((later.busy_since(&t, 10.0) - 1400.0).abs() < 1e-6);
+        // Never below zero, when a reading runs late against the clock.
+        let idle = MachineTicks {
+            idle: t.idle + 2100,
+            ..t
+        };
+        assert_eq!(idle.busy_since(&t, 10.0), 0.0);
     }
 
     #[test]
