@@ -1,6 +1,6 @@
 //! The machine and its processes, read from /proc: cores, memory, load,
 //! the whole machine's CPU time, RSS and CPU time of a pid, the git commit
-//! from `.git` files; and how fast a core is right now. Read-only.
+//! from `.git` files; and a loop bound by a core's clock. Read-only.
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -248,7 +248,7 @@ impl CpuSampler {
             return CpuUse::default();
         };
         let secs = start.at.elapsed().as_secs_f64().max(1e-3);
-        let percent = |ticks: u64| ticks as f64 / TICKS_PER_SEC / secs * 100.0;
+        let percent = |ticks: f64| ticks / TICKS_PER_SEC / secs * 100.0;
         let used: Vec<u64> = self
             .ticks()
             .iter()
@@ -261,19 +261,21 @@ impl CpuSampler {
             })
             .collect();
         let machine = MachineTicks::now();
-        let busy = machine.busy_since(&start.machine, secs) / TICKS_PER_SEC / secs * 100.0;
-        let measured = percent(used.iter().sum());
+        let busy = percent(machine.busy_since(&start.machine, secs));
+        let measured = percent(used.iter().sum::<u64>() as f64);
         CpuUse {
             groups: self
                 .groups
                 .iter()
                 .zip(&used)
-                .map(|((name, _), &t)| (name.clone(), tenth(percent(t))))
+                .map(|((name, _), &t)| (name.clone(), tenth(percent(t as f64))))
                 .collect(),
             machine: MachineCpu {
                 busy_percent: tenth(busy),
                 outside_percent: tenth(busy - measured),
-                steal_percent: tenth(percent(machine.steal.saturating_sub(start.machine.steal))),
+                steal_percent: tenth(percent(
+                    machine.steal.saturating_sub(start.machine.steal) as f64
+                )),
             },
         }
     }
