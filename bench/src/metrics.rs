@@ -72,11 +72,7 @@ impl Cumulative {
                 seen = true;
             }
         }
-        // Bits of positive floats sort like the floats.
-        h.buckets = buckets
-            .into_iter()
-            .map(|(b, v)| (f64::from_bits(b), v))
-            .collect();
+        h.buckets = ascending(buckets);
         seen.then_some(h)
     }
 
@@ -99,10 +95,7 @@ impl Cumulative {
                 *merged.entry(le.to_bits()).or_default() += s * v;
             }
         }
-        self.buckets = merged
-            .into_iter()
-            .map(|(b, v)| (f64::from_bits(b), v))
-            .collect();
+        self.buckets = ascending(merged);
         self.sum += sign * other.sum;
         self.count += sign * other.count;
     }
@@ -130,6 +123,15 @@ impl Cumulative {
             max_le: self.le_at(1.0),
         }
     }
+}
+
+/// Buckets keyed by their bounds' bits, as (bound, count) in ascending
+/// order: the bits of positive floats sort like the floats.
+fn ascending(by_bits: BTreeMap<u64, f64>) -> Vec<(f64, f64)> {
+    by_bits
+        .into_iter()
+        .map(|(b, v)| (f64::from_bits(b), v))
+        .collect()
 }
 
 /// Sums the histogram `name` over all label sets in a Prometheus text page.
