@@ -7,17 +7,17 @@
 //! halves sharing the socket through another allocation).
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::{Sink, Stream};
 use im_proto::{Frame, FrameCodec, FrameError};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::codec::Decoder;
-use tokio_util::io::poll_read_buf;
 
-/// Bytes read per read call while frames are arriving.
+/// Most bytes taken from the socket by one read call.
 const READ_CHUNK: usize = 4096;
 /// Frames handed to one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -62,12 +62,14 @@ impl<T: AsyncRead + Unpin> Stream for FrameIo<T> {
                     Some(Err(FrameError::Io("connection closed mid-frame".into())))
                 });
             }
-            if this.buf.capacity() - this.buf.len() < READ_CHUNK / 4 {
-                this.buf.reserve(READ_CHUNK);
-            }
-            match poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.buf) {
-                Poll::Ready(Ok(0)) => this.eof = true,
-                Poll::Ready(Ok(_)) => {}
+            // Read on the stack and keep only the bytes read: a 4 KiB heap
+            // buffer per read was a large allocation (past glibc's
+            // per-thread cache) for each frame of a few dozen bytes.
+            let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => this.eof = true,
+                Poll::Ready(Ok(())) => this.buf.extend_from_slice(read.filled()),
                 Poll::Ready(Err(e)) => {
                     return Poll::Ready(Some(Err(FrameError::Io(e.to_string()))));
                 }
@@ -187,7 +189,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_reader_holds_no_buffer_and_a_cut_frame_is_an_error() {
+    async fn a_reader_holds_only_the_bytes_it_read_and_a_cut_frame_is_an_error() {
         let (mut a, b) = tokio::io::duplex(64);
         let mut reader = FrameIo::new(b, FrameCodec::new(1024));
         tokio::io::AsyncWriteExt::write_all(&mut a, &frame(1, b"hi"))
@@ -201,6 +203,14 @@ mod tests {
         tokio::io::AsyncWriteExt::write_all(&mut a, &half[..10])
             .await
             .unwrap();
+        assert!(futures::poll!(reader.next()).is_pending());
+        // What was read is kept, and no more room than it needs.
+        assert_eq!(reader.buf.len(), 10);
+        assert!(
+            reader.buf.capacity() < READ_CHUNK / 4,
+            "{}",
+            reader.buf.capacity()
+        );
         drop(a);
         assert!(matches!(reader.next().await, Some(Err(FrameError::Io(_)))));
     }
