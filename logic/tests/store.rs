@@ -1217,3 +1217,137 @@ async fn inline_receipts_are_pulled_like_stored_ones_on_postgres() {
     assert!(!more);
     assert_eq!(last, inline_page[3..]);
 }
+
+/// A retransmit finds the sender's own inbox entry through `inbox_own_msg`
+/// (migration 0010), which holds only such entries, on both paths: the
+/// writer's (`ORIGINALS_SQL`, on the writer's connection, planned
+/// generically) and the multi-statement path's (`ORIGINAL_ACK_SQL`).
+#[tokio::test]
+async fn a_retransmit_finds_the_senders_entry_by_its_index_on_postgres() {
+    use im_logic::store::messages::ORIGINAL_ACK_SQL;
+    use im_logic::store::pg_batch::{ORIGINALS_SQL, connect};
+    use sqlx::Row;
+    let store = common::postgres("im_own").await;
+    let a = store.create_user("ann", "h", 0).await.unwrap();
+    let b = store.create_user("bob", "h", 0).await.unwrap();
+    store.commit_batch(&[msg(a, b, "x")], 1).await.unwrap();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {ORIGINALS_SQL}")))
+        .bind(vec![a])
+        .bind(vec!["x"])
+        .fetch_all(&mut connect(&store).await.unwrap())
+        .await
+        .unwrap();
+    let plan: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("inbox_own_msg"), "{plan}");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {ORIGINAL_ACK_SQL}")))
+        .bind(a)
+        .bind("x")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let plan = plan_text(&rows);
+    assert!(plan.contains("inbox_own_msg"), "{plan}");
+    // The recipient's entry and the sender's are both in the inbox; only
+    // the sender's is in the index.
+    let (entries, own): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE COALESCE(receipt_to, 0) = 0 AND sender IS NULL) FROM inbox",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!((entries, own), (2, 1));
+}
+
+#[tokio::test]
+async fn a_retransmit_finds_the_senders_entry_by_its_index_on_sqlite() {
+    use im_logic::store::messages::ORIGINAL_ACK_SQL;
+    use sqlx::Row;
+    let (store, _dir) = common::sqlite().await;
+    let a = store.create_user("ann", "h", 0).await.unwrap();
+    let b = store.create_user("bob", "h", 0).await.unwrap();
+    store.commit_batch(&[msg(a, b, "x")], 1).await.unwrap();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN QUERY PLAN {ORIGINAL_ACK_SQL}"
+    )))
+    .bind(a)
+    .bind("x")
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let plan: Vec<String> = rows.iter().map(|r| r.get(3)).collect();
+    assert!(plan.iter().any(|l| l.contains("inbox_own_msg")), "{plan:?}");
+}
+
+/// The state of index `inbox_own_msg`: (valid, definition).
+async fn own_msg_index(store: &Store) -> Option<(bool, String)> {
+    sqlx::query_as(
+        "SELECT i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i \
+         JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'inbox_own_msg'",
+    )
+    .fetch_optional(store.pool())
+    .await
+    .unwrap()
+}
+
+/// Migration 0010 builds its index concurrently. A build that fails (its
+/// process killed, say) leaves the index behind, invalid, and unrecorded;
+/// `IF NOT EXISTS` would keep that one when the migration runs again, so
+/// the next migration drops it first and the index is built anew.
+#[tokio::test]
+async fn an_index_a_failed_build_left_invalid_is_built_again_on_postgres() {
+    let store = common::postgres("im_mig10").await;
+    for q in [
+        "DROP INDEX inbox_own_msg",
+        "INSERT INTO inbox (user_id, seq, msg_id) VALUES (1, 1, 7), (1, 2, 8)",
+        "DELETE FROM _sqlx_migrations WHERE version = 10",
+    ] {
+        sqlx::raw_sql(q).execute(store.pool()).await.unwrap();
+    }
+    // A unique index over duplicates fails its build and stays, invalid.
+    let failed = sqlx::raw_sql("CREATE UNIQUE INDEX CONCURRENTLY inbox_own_msg ON inbox (user_id)")
+        .execute(store.pool())
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(own_msg_index(&store).await.map(|i| i.0), Some(false));
+    store.migrate().await.unwrap();
+    let (valid, def) = own_msg_index(&store).await.unwrap();
+    assert!(valid, "{def}");
+    assert!(
+        !def.contains("UNIQUE") && def.contains("(msg_id) WHERE"),
+        "{def}"
+    );
+}
+
+/// Logic processes starting at once on a new database take turns and all
+/// finish, although migration 0010 builds an index concurrently: a build
+/// waits for every older statement to end, and a process waiting for the
+/// migration lock inside a statement (as sqlx's own lock waits) would
+/// wait for the builder in turn.
+#[tokio::test]
+async fn processes_migrating_at_once_all_finish_on_postgres() {
+    let first = common::postgres_unmigrated("im_migs").await;
+    let url = first.pool().connect_options().database_url.to_string();
+    let mut runs = Vec::new();
+    for i in 0..4 {
+        let store = match i {
+            0 => first.clone(),
+            _ => Store::connect(&url, 2).await.unwrap(),
+        };
+        runs.push(tokio::spawn(async move { store.migrate().await }));
+    }
+    for run in runs {
+        tokio::time::timeout(std::time::Duration::from_secs(60), run)
+            .await
+            .expect("no process waits for ever")
+            .unwrap()
+            .unwrap();
+    }
+    let (applied,): (i64,) = sqlx::query_as("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(first.pool())
+        .await
+        .unwrap();
+    let expected = sqlx::migrate!("./migrations/postgres").iter().count();
+    assert_eq!(applied as usize, expected);
+    assert_eq!(own_msg_index(&first).await.map(|i| i.0), Some(true));
+}

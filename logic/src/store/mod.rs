@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::MigrateDatabase;
-use sqlx::{Any, AnyPool, Executor, Row};
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Row};
 
 pub mod group_msgs;
 pub mod groups;
@@ -39,6 +39,45 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("failed to run migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The advisory lock (a key of its own) that Postgres migrations run under.
+const MIGRATION_LOCK: i64 = 0x696d_6d69_6772_6174; // "immigrat"
+/// How often a process waiting to migrate asks for [`MIGRATION_LOCK`].
+const MIGRATION_POLL: Duration = Duration::from_millis(100);
+
+/// The indexes that migrations build concurrently, each with the statement
+/// that drops it. A concurrent build that fails (its process killed, say)
+/// leaves the index behind, invalid: never used, yet still kept up by
+/// every insert, and kept by the migration's `IF NOT EXISTS` when it runs
+/// again.
+const BUILT_CONCURRENTLY: [(&str, &str); 1] = [(
+    "inbox_own_msg",
+    "DROP INDEX CONCURRENTLY IF EXISTS inbox_own_msg",
+)];
+
+/// Drops the invalid leftovers of failed concurrent builds
+/// ([`BUILT_CONCURRENTLY`]), so that their migration builds them again.
+/// Called under [`MIGRATION_LOCK`]: no other migration is building one.
+async fn drop_invalid_indexes(conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
+    for (name, drop) in BUILT_CONCURRENTLY {
+        let invalid: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE c.relname = $1 AND c.relnamespace = current_schema()::regnamespace \
+             AND NOT i.indisvalid)",
+        )
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await?;
+        if invalid {
+            tracing::warn!(
+                index = name,
+                "dropping an index that a failed concurrent build left invalid; its migration builds it again"
+            );
+            conn.execute(drop).await?;
+        }
+    }
+    Ok(())
 }
 
 /// A pool plus which backend it talks to.
@@ -270,12 +309,38 @@ impl Store {
         &self.pool
     }
 
+    /// Runs the migrations. On Postgres, processes starting together take
+    /// turns through a lock of their own ([`MIGRATION_LOCK`]), asked for
+    /// again every [`MIGRATION_POLL`] rather than waited on as sqlx waits
+    /// for its own: a process waiting for a lock does so inside a statement,
+    /// and a concurrent index build (migration 0010), run by the holder,
+    /// waits for every statement older than it to end: the two would
+    /// deadlock. Before migrating, the holder drops what a failed
+    /// concurrent build left behind ([`drop_invalid_indexes`]).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
             Backend::Postgres => {
-                sqlx::migrate!("./migrations/postgres")
-                    .run(&self.pool)
-                    .await?
+                // A connection of its own, outside the pool: it holds the
+                // lock (the session's) while the migrations run on the pool.
+                let mut lock = self.pool.connect_options().connect().await?;
+                let migrated = async {
+                    while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                        .bind(MIGRATION_LOCK)
+                        .fetch_one(&mut lock)
+                        .await?
+                    {
+                        tokio::time::sleep(MIGRATION_POLL).await;
+                    }
+                    drop_invalid_indexes(&mut lock).await?;
+                    let mut migrator = sqlx::migrate!("./migrations/postgres");
+                    migrator.set_locking(false);
+                    migrator.run(&self.pool).await?;
+                    Ok::<_, StoreError>(())
+                }
+                .await;
+                // Closing the session releases the lock, however that ended.
+                let _ = lock.close().await;
+                migrated?;
             }
             Backend::Sqlite => {
                 sqlx::migrate!("./migrations/sqlite")

@@ -28,8 +28,8 @@ use sqlx::{ConnectOptions, Row};
 use super::history::SYSTEM_CONTENT_MIN;
 use super::messages::{
     BLOCKED_TEXT, BatchOutcome, Delivery, NOT_FRIENDS_TEXT, NewMessage, SendPolicy, SendResult,
-    Stored, being_stored, entry_message, final_results, first_copies, inbox_users, receipt_to,
-    stored,
+    Stored, being_stored, entry_message, final_results, first_copies, inbox_users, own_entry,
+    receipt_to, stored,
 };
 use super::receipts::{
     DeviceAck, covered_sender, move_cursors, newest_per_device, receipt_message,
@@ -215,11 +215,14 @@ use batch_sql;
 /// was answered "being stored; retry". (Its cost was not the reason: the
 /// statement with and without that branch took the same Postgres CPU,
 /// docs/benchmarks.md.)
-pub const ORIGINALS_SQL: &str = "\
-SELECT x.o, m.id, (SELECT seq FROM inbox WHERE user_id = m.sender AND msg_id = m.id), m.sent_at_ms \
-FROM unnest($1::int8[], $2::text[]) WITH ORDINALITY AS x (s, cmid, o) \
-  CROSS JOIN LATERAL (SELECT id, sender, sent_at_ms FROM messages \
-    WHERE sender = x.s AND client_msg_id = x.cmid OFFSET 0) m";
+pub const ORIGINALS_SQL: &str = concat!(
+    "SELECT x.o, m.id, (SELECT i.seq FROM inbox i WHERE i.user_id = m.sender AND i.msg_id = m.id AND ",
+    own_entry!(),
+    "), m.sent_at_ms \
+     FROM unnest($1::int8[], $2::text[]) WITH ORDINALITY AS x (s, cmid, o) \
+     CROSS JOIN LATERAL (SELECT id, sender, sent_at_ms FROM messages \
+     WHERE sender = x.s AND client_msg_id = x.cmid OFFSET 0) m"
+);
 
 /// Opens the writer's own connection, with the pool's settings.
 ///

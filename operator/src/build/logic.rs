@@ -5,7 +5,7 @@ use im_crds::{Component, ImClusterSpec};
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment},
-        core::v1::{ConfigMap, Container, ContainerPort, Service, ServicePort, ServiceSpec},
+        core::v1::{ConfigMap, Container, ContainerPort, Probe, Service, ServicePort, ServiceSpec},
     },
     apimachinery::pkg::{apis::meta::v1::LabelSelector, util::intstr::IntOrString},
 };
@@ -15,6 +15,9 @@ use crate::names;
 
 /// Seconds a logic pod gets to finish in-flight requests.
 const LOGIC_GRACE_SECONDS: i64 = 30;
+/// Seconds a logic pod gets to migrate the database and start serving
+/// before its liveness probe counts.
+const LOGIC_START_SECONDS: i32 = 3600;
 
 /// The logic Deployment.
 pub fn build_deployment(
@@ -47,6 +50,14 @@ pub fn build_deployment(
                 ..ContainerPort::default()
             },
         ]),
+        // Logic migrates the database before it serves: an index built
+        // concurrently on a large inbox (migration 0010) takes minutes.
+        // The liveness probe waits for the start, so that it does not kill
+        // the pod mid-build (which leaves the build to start over).
+        startup_probe: Some(Probe {
+            failure_threshold: Some(LOGIC_START_SECONDS / 10),
+            ..common::http_probe("/healthz", "http", 10)
+        }),
         liveness_probe: Some(common::http_probe("/healthz", "http", 10)),
         readiness_probe: Some(common::http_probe("/readyz", "http", 5)),
         resources: spec.logic.resources.clone(),
@@ -191,6 +202,24 @@ mod tests {
             d.spec.selector.match_labels,
             Some(names::selector_labels("chat", Component::Logic))
         );
+    }
+
+    /// A pod migrating a large database (minutes, for a concurrent index
+    /// build) is not killed by its liveness probe: the startup probe holds
+    /// the liveness probe off for an hour; after the start it counts as
+    /// before (three failures 10 s apart).
+    #[test]
+    fn logic_gets_an_hour_to_migrate_before_its_liveness_probe_counts() {
+        let (_, d) = sample_deployment();
+        let pod = d.spec.template.spec.expect("pod");
+        let c = &pod.containers[0];
+        let startup = c.startup_probe.as_ref().expect("a startup probe");
+        let path = |p: &Probe| p.http_get.as_ref().and_then(|h| h.path.clone());
+        assert_eq!(path(startup).as_deref(), Some("/healthz"));
+        let window = |p: &Probe| p.period_seconds.unwrap() * p.failure_threshold.unwrap();
+        assert_eq!(window(startup), 3600);
+        let liveness = c.liveness_probe.as_ref().expect("a liveness probe");
+        assert_eq!(window(liveness), 30);
     }
 
     #[test]
