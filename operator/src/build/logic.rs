@@ -18,6 +18,8 @@ const LOGIC_GRACE_SECONDS: i64 = 30;
 /// Seconds a logic pod gets to migrate the database and start serving
 /// before its liveness probe counts.
 const LOGIC_START_SECONDS: i32 = 3600;
+/// Seconds between two liveness (and startup) probes.
+const LIVENESS_PERIOD_SECONDS: i32 = 10;
 
 /// The logic Deployment.
 pub fn build_deployment(
@@ -55,10 +57,14 @@ pub fn build_deployment(
         // The liveness probe waits for the start, so that it does not kill
         // the pod mid-build (which leaves the build to start over).
         startup_probe: Some(Probe {
-            failure_threshold: Some(LOGIC_START_SECONDS / 10),
-            ..common::http_probe("/healthz", "http", 10)
+            failure_threshold: Some(LOGIC_START_SECONDS / LIVENESS_PERIOD_SECONDS),
+            ..common::http_probe("/healthz", "http", LIVENESS_PERIOD_SECONDS)
         }),
-        liveness_probe: Some(common::http_probe("/healthz", "http", 10)),
+        liveness_probe: Some(common::http_probe(
+            "/healthz",
+            "http",
+            LIVENESS_PERIOD_SECONDS,
+        )),
         readiness_probe: Some(common::http_probe("/readyz", "http", 5)),
         resources: spec.logic.resources.clone(),
         security_context: Some(common::container_security_context()),
