@@ -317,6 +317,13 @@ impl Store {
     /// waits for every statement older than it to end: the two would
     /// deadlock. Before migrating, the holder drops what a failed
     /// concurrent build left behind ([`drop_invalid_indexes`]).
+    ///
+    /// On both backends, migrations that this build does not know (a newer
+    /// build applied them) are let be, so that a logic image rolled back
+    /// (or an older pod restarting during a roll) still starts: every
+    /// migration so far only adds tables, nullable or defaulted columns
+    /// and indexes, or drops indexes. A migration this build knows whose
+    /// text changed still fails the start.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.backend {
             Backend::Postgres => {
@@ -333,7 +340,7 @@ impl Store {
                     }
                     drop_invalid_indexes(&mut lock).await?;
                     let mut migrator = sqlx::migrate!("./migrations/postgres");
-                    migrator.set_locking(false);
+                    migrator.set_locking(false).set_ignore_missing(true);
                     migrator.run(&self.pool).await?;
                     Ok::<_, StoreError>(())
                 }
@@ -343,9 +350,9 @@ impl Store {
                 migrated?;
             }
             Backend::Sqlite => {
-                sqlx::migrate!("./migrations/sqlite")
-                    .run(&self.pool)
-                    .await?
+                let mut migrator = sqlx::migrate!("./migrations/sqlite");
+                migrator.set_ignore_missing(true);
+                migrator.run(&self.pool).await?;
             }
         }
         Ok(())
