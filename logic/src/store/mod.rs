@@ -331,12 +331,24 @@ impl Store {
                 // lock (the session's) while the migrations run on the pool.
                 let mut lock = self.pool.connect_options().connect().await?;
                 let migrated = async {
+                    let asked = std::time::Instant::now();
+                    let mut waited = false;
                     while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
                         .bind(MIGRATION_LOCK)
                         .fetch_one(&mut lock)
                         .await?
                     {
+                        if !waited {
+                            tracing::info!("another process is migrating the database; waiting");
+                            waited = true;
+                        }
                         tokio::time::sleep(MIGRATION_POLL).await;
+                    }
+                    if waited {
+                        tracing::info!(
+                            waited_ms = asked.elapsed().as_millis() as u64,
+                            "the other process's migration is done"
+                        );
                     }
                     drop_invalid_indexes(&mut lock).await?;
                     let mut migrator = sqlx::migrate!("./migrations/postgres");
