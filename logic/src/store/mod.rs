@@ -331,22 +331,21 @@ impl Store {
                 // lock (the session's) while the migrations run on the pool.
                 let mut lock = self.pool.connect_options().connect().await?;
                 let migrated = async {
-                    let asked = std::time::Instant::now();
-                    let mut waited = false;
+                    let mut waiting_since = None;
                     while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
                         .bind(MIGRATION_LOCK)
                         .fetch_one(&mut lock)
                         .await?
                     {
-                        if !waited {
+                        if waiting_since.is_none() {
                             tracing::info!("another process is migrating the database; waiting");
-                            waited = true;
+                            waiting_since = Some(std::time::Instant::now());
                         }
                         tokio::time::sleep(MIGRATION_POLL).await;
                     }
-                    if waited {
+                    if let Some(since) = waiting_since {
                         tracing::info!(
-                            waited_ms = asked.elapsed().as_millis() as u64,
+                            waited_ms = since.elapsed().as_millis() as u64,
                             "the other process's migration is done"
                         );
                     }
