@@ -115,7 +115,7 @@ for name in ("im_gateway_connections", "im_logic_messages_total",
              "im_operator_reconcile_total", "im_operator_desired_replicas",
              "im_operator_ready_replicas", "im_gateway_acks_total",
              "im_logic_acks_queued", "im_logic_acks_dropped_total",
-             "im_logic_push_failures_total"):
+             "im_logic_push_failures_total", "im_build_info"):
     assert any(name in e for e in exprs), f"dashboard does not query {name}"
 print(f"ok: {len(dash['panels'])} panels, {len(exprs)} queries")
 PY

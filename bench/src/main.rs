@@ -20,7 +20,7 @@ use im_bench::{plot, sys};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "im-bench", about = "Load generator for the IM backend")]
+#[command(name = "im-bench", version = im_common::version!(), about = "Load generator for the IM backend")]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -164,7 +164,6 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     .with_context(|| format!("server logs in {}", logs.display()))?;
     machine.load_after = sys::loadavg();
-    let cwd = std::env::current_dir().unwrap_or_default();
     let mut report = Report {
         scenario: name.to_string(),
         mode: target.mode,
@@ -175,7 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         failures: outcome.failures.clone(),
         verdict: outcome.verdict.clone(),
         machine,
-        git_commit: sys::git_commit(&cwd),
+        git_commit: env!("IM_COMMIT").to_string(),
         started_at_unix,
         wall_secs: wall.elapsed().as_secs_f64(),
         cpu_percent: outcome.cpu.groups.clone(),
@@ -197,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
     }
     print_slow_seconds(&report.figures);
+    print_builds(&report);
     println!("  cpu % of one core: {:?}", report.cpu_percent);
     if !report.cpu_percent.is_empty() {
         let m = &report.machine_cpu_percent;
@@ -238,6 +238,35 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
 /// The seconds whose largest latency reached 20 ms, with each hop's largest
 /// (bucket bounds, ms): where to look first in the JSON's `seconds`.
+/// Which builds ran: im-bench's and each server's (`im_build_info`), and a
+/// note when they differ (`--bin-dir` of another tree, or servers started
+/// elsewhere).
+fn print_builds(report: &Report) {
+    let servers: Vec<String> = report
+        .server_metrics
+        .as_object()
+        .into_iter()
+        .flat_map(|processes| processes.values())
+        .filter_map(|m| {
+            let build = m.get("im_build_info")?;
+            let field = |k: &str| build.get(k).and_then(|v| v.as_str()).unwrap_or("?");
+            Some(format!("{} {}", field("binary"), field("commit")))
+        })
+        .collect();
+    let listed = if servers.is_empty() {
+        "none reported".to_string()
+    } else {
+        servers.join(", ")
+    };
+    println!(
+        "  builds: im-bench {}; servers: {listed}",
+        report.git_commit
+    );
+    if servers.iter().any(|s| !s.ends_with(&report.git_commit)) {
+        println!("  note: a server was built from another commit than im-bench");
+    }
+}
+
 fn print_slow_seconds(figures: &serde_json::Map<String, serde_json::Value>) {
     let Some(rows) = figures.get("seconds").and_then(|s| s.as_array()) else {
         return;

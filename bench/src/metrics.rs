@@ -210,6 +210,17 @@ pub fn summarize(text: &str) -> serde_json::Value {
     if !acks.is_empty() {
         out.insert("im_gateway_acks_total".into(), serde_json::json!(acks));
     }
+    // Which build the process runs.
+    let build: serde_json::Map<_, _> = ["binary", "commit"]
+        .into_iter()
+        .filter_map(|label| {
+            let value = by_label(text, "im_build_info", label).into_keys().next()?;
+            Some((label.to_string(), value.into()))
+        })
+        .collect();
+    if !build.is_empty() {
+        out.insert("im_build_info".into(), build.into());
+    }
     serde_json::Value::Object(out)
 }
 
@@ -252,6 +263,7 @@ im_gateway_push_latency_seconds_bucket{receipt="wanted",le="0.002"} 2
 im_gateway_push_latency_seconds_bucket{receipt="wanted",le="1"} 2
 im_gateway_push_latency_seconds_bucket{receipt="wanted",le="+Inf"} 2
 im_gateway_push_latency_seconds_count{receipt="wanted"} 2
+im_build_info{binary="im-logic",commit="0123456789ab",version="0.1.0"} 1
 "#;
 
     #[test]
@@ -279,6 +291,15 @@ im_gateway_push_latency_seconds_count{receipt="wanted"} 2
         assert_eq!(
             (wanted["count"].as_f64(), wanted["max_le"].as_f64()),
             (Some(2.0), Some(0.002))
+        );
+        assert_eq!(
+            summarize(PAGE)["im_build_info"],
+            serde_json::json!({"binary": "im-logic", "commit": "0123456789ab"})
+        );
+        assert!(
+            summarize("im_gateway_connections 1")
+                .get("im_build_info")
+                .is_none()
         );
     }
 }

@@ -20,7 +20,9 @@ pub struct Report {
     pub failures: Vec<String>,
     pub verdict: Option<Verdict>,
     pub machine: Machine,
-    pub git_commit: Option<String>,
+    /// The commit im-bench was built from; each server's is its
+    /// `im_build_info` in `server_metrics`.
+    pub git_commit: String,
     pub started_at_unix: u64,
     pub wall_secs: f64,
     /// Percent of one core during the measured phase, per process group.

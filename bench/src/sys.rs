@@ -2,7 +2,6 @@
 //! the whole machine's CPU time, RSS and CPU time of a pid, the git commit
 //! from `.git` files; and a loop bound by a core's clock. Read-only.
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What the machine was, for the report.
@@ -283,32 +282,6 @@ impl CpuSampler {
 
 fn tenth(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-/// The commit checked out in the repository around `start`, read from `.git`.
-pub fn git_commit(start: &Path) -> Option<String> {
-    let mut dir: Option<PathBuf> = Some(start.to_path_buf());
-    while let Some(d) = dir {
-        let git = d.join(".git");
-        if git.is_dir() {
-            let head = std::fs::read_to_string(git.join("HEAD")).ok()?;
-            let head = head.trim();
-            let Some(r) = head.strip_prefix("ref: ") else {
-                return Some(head.to_string());
-            };
-            if let Ok(c) = std::fs::read_to_string(git.join(r)) {
-                return Some(c.trim().to_string());
-            }
-            let packed = std::fs::read_to_string(git.join("packed-refs")).ok()?;
-            return packed
-                .lines()
-                .find(|l| l.ends_with(r))
-                .and_then(|l| l.split_whitespace().next())
-                .map(str::to_string);
-        }
-        dir = d.parent().map(Path::to_path_buf);
-    }
-    None
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use im_gateway::{Gateway, tcp, ws};
 use im_proto::logic::gateway_server::GatewayServer;
 
 #[derive(Debug, Parser)]
-#[command(name = "im-gateway", version, about = "IM gateway (cluster mode)")]
+#[command(name = "im-gateway", version = im_common::version!(), about = "IM gateway (cluster mode)")]
 struct Cli {
     /// WebSocket (/ws), /metrics, /healthz, /readyz.
     #[arg(long, env = "IM_HTTP_ADDR", default_value = "0.0.0.0:7001")]
@@ -69,7 +69,9 @@ async fn main() -> anyhow::Result<()> {
         .gateway
         .config(&gate_id, &advertise)
         .map_err(anyhow::Error::msg)?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), gate = %gate_id, "im-gateway starting");
+    let build = im_common::build!("im-gateway");
+    build.register();
+    tracing::info!(version = build.version, commit = build.commit, gate = %gate_id, "im-gateway starting");
 
     let routes = Arc::new(
         RedisRouteTable::connect(&cli.redis_url, &cli.redis_prefix)

@@ -22,7 +22,7 @@ use im_proto::logic::logic_server::LogicServer;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
-#[command(name = "im-logic", version, about = "IM logic tier (cluster mode)")]
+#[command(name = "im-logic", version = im_common::version!(), about = "IM logic tier (cluster mode)")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,
@@ -63,7 +63,13 @@ enum Cmd {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     im_common::telemetry::init_tracing(cli.log_json);
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "im-logic starting");
+    let build = im_common::build!("im-logic");
+    build.register();
+    tracing::info!(
+        version = build.version,
+        commit = build.commit,
+        "im-logic starting"
+    );
     let tokens = cli
         .logic
         .token_keys(&cli.jwt_secret)

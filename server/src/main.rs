@@ -6,7 +6,7 @@ use im_server::ServerArgs;
 #[derive(Debug, Parser)]
 #[command(
     name = "im-server",
-    version,
+    version = im_common::version!(),
     about = "IM server, single-node mode (SQLite, in-process routes)"
 )]
 struct Cli {
@@ -27,7 +27,9 @@ async fn main() -> anyhow::Result<()> {
     {
         cli.server.gateway.drain_secs = 1;
     }
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), data_dir = %cli.server.data_dir.display(), "im-server starting");
+    let build = im_common::build!("im-server");
+    build.register();
+    tracing::info!(version = build.version, commit = build.commit, data_dir = %cli.server.data_dir.display(), "im-server starting");
     let shutdown = CancellationToken::new();
     let (bound, done) = im_server::start(cli.server, shutdown.clone()).await?;
     tracing::info!(

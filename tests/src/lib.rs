@@ -40,6 +40,21 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// The commit the workspace's binaries name (`common/build_commit.rs`):
+/// `IM_COMMIT` when set, else this checkout's HEAD.
+pub fn built_commit() -> anyhow::Result<String> {
+    if let Some(commit) = std::env::var("IM_COMMIT").ok().filter(|c| !c.is_empty()) {
+        return Ok(commit);
+    }
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .context("git rev-parse")?;
+    anyhow::ensure!(out.status.success(), "git rev-parse failed");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
 /// Path of a workspace binary next to the test executable's target dir.
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

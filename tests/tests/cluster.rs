@@ -183,6 +183,40 @@ async fn the_gateway_reports_the_logic_endpoints_it_uses() -> anyhow::Result<()>
     Ok(())
 }
 
+/// Every binary says which commit it was built from: `--version`, and the
+/// servers' `im_build_info` (a roll shows two builds on the dashboard). The
+/// binaries are built from this checkout, so it is HEAD's commit.
+#[tokio::test]
+async fn every_binary_names_the_commit_it_was_built_from() -> anyhow::Result<()> {
+    let commit = built_commit()?;
+    for name in ["im-gateway", "im-logic", "im-server", "im-bench"] {
+        let out = std::process::Command::new(bin(name)?)
+            .arg("--version")
+            .output()?;
+        let version = String::from_utf8(out.stdout)?;
+        assert_eq!(
+            version.trim(),
+            format!("{name} {} ({commit})", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    let cluster = Cluster::start(1, 1).await?;
+    for (binary, http) in [
+        ("im-gateway", &cluster.gateway_http[0]),
+        ("im-logic", &cluster.logic_http[0]),
+    ] {
+        let metrics = reqwest::get(format!("http://{http}/metrics"))
+            .await?
+            .text()
+            .await?;
+        let want = format!(
+            "im_build_info{{binary=\"{binary}\",commit=\"{commit}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(metrics.lines().any(|l| l == want), "no {want} in {metrics}");
+    }
+    Ok(())
+}
+
 /// A gateway or logic process whose gRPC port is taken exits at start,
 /// saying so: both used to bind inside the server task, report ready and
 /// (the gateway) register itself, and every push to that gateway failed.

@@ -88,6 +88,15 @@ async fn health_metrics_and_logout() -> anyhow::Result<()> {
     ] {
         assert!(metrics.contains(name), "missing {name} in /metrics");
     }
+    let build = format!(
+        "im_build_info{{binary=\"im-server\",commit=\"{}\",version=\"{}\"}} 1",
+        built_commit()?,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        metrics.lines().any(|l| l == build),
+        "missing {build} in /metrics"
+    );
     let busy: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("im_logic_store_busy_seconds_total "))
