@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 /// Kubernetes operator for ImCluster resources.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("IM_COMMIT"), ")"), about)]
 struct Args {
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "IM_OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]

@@ -80,8 +80,21 @@ impl Metrics {
             &["cluster", "component"],
         )
         .map_err(MetricsError)?;
+        // Which build runs, as the IM binaries say it (`im_common::telemetry::Build`).
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "im_build_info",
+                "Always 1, labelled with the binary, its version and the commit it was built from",
+            ),
+            &["binary", "version", "commit"],
+        )
+        .map_err(MetricsError)?;
+        build_info
+            .with_label_values(&["im-operator", env!("CARGO_PKG_VERSION"), env!("IM_COMMIT")])
+            .set(1);
         for collector in [
-            Box::new(reconcile_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(build_info) as Box<dyn prometheus::core::Collector>,
+            Box::new(reconcile_total.clone()),
             Box::new(reconcile_duration.clone()),
             Box::new(desired_replicas.clone()),
             Box::new(ready_replicas.clone()),
@@ -178,6 +191,12 @@ mod tests {
             ),
             "{text}"
         );
+        let build = format!(
+            "im_build_info{{binary=\"im-operator\",commit=\"{}\",version=\"{}\"}} 1",
+            env!("IM_COMMIT"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(text.lines().any(|l| l == build), "{text}");
         m.forget("im/chat");
         assert!(!m.render().contains("im/chat"));
     }

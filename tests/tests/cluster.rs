@@ -189,7 +189,13 @@ async fn the_gateway_reports_the_logic_endpoints_it_uses() -> anyhow::Result<()>
 #[tokio::test]
 async fn every_binary_names_the_commit_it_was_built_from() -> anyhow::Result<()> {
     let commit = built_commit();
-    for name in ["im-gateway", "im-logic", "im-server", "im-bench"] {
+    for name in [
+        "im-gateway",
+        "im-logic",
+        "im-server",
+        "im-bench",
+        "im-operator",
+    ] {
         let out = std::process::Command::new(bin(name)?)
             .arg("--version")
             .output()?;
