@@ -253,14 +253,17 @@ fn print_builds(report: &Report) {
             Some(format!("{} {}", field("binary"), field("commit")))
         })
         .collect();
-    let listed = if servers.is_empty() {
-        "none reported".to_string()
-    } else {
-        servers.join(", ")
-    };
+    if servers.is_empty() {
+        println!(
+            "  builds: im-bench {}; the servers name none (built before im_build_info?)",
+            report.git_commit
+        );
+        return;
+    }
     println!(
-        "  builds: im-bench {}; servers: {listed}",
-        report.git_commit
+        "  builds: im-bench {}; servers: {}",
+        report.git_commit,
+        servers.join(", ")
     );
     if servers.iter().any(|s| !s.ends_with(&report.git_commit)) {
         println!("  note: a server was built from another commit than im-bench");
