@@ -236,8 +236,6 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     Ok(report.ok)
 }
 
-/// The seconds whose largest latency reached 20 ms, with each hop's largest
-/// (bucket bounds, ms): where to look first in the JSON's `seconds`.
 /// Which builds ran: im-bench's and each server's (`im_build_info`), and a
 /// note when they differ (`--bin-dir` of another tree, or servers started
 /// elsewhere).
@@ -270,6 +268,8 @@ fn print_builds(report: &Report) {
     }
 }
 
+/// The seconds whose largest latency reached 20 ms, with each hop's largest
+/// (bucket bounds, ms): where to look first in the JSON's `seconds`.
 fn print_slow_seconds(figures: &serde_json::Map<String, serde_json::Value>) {
     let Some(rows) = figures.get("seconds").and_then(|s| s.as_array()) else {
         return;

@@ -1,6 +1,6 @@
 //! The machine and its processes, read from /proc: cores, memory, load,
-//! the whole machine's CPU time, RSS and CPU time of a pid, the git commit
-//! from `.git` files; and a loop bound by a core's clock. Read-only.
+//! the whole machine's CPU time, RSS and CPU time of a pid; and a loop
+//! bound by a core's clock. Read-only.
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
