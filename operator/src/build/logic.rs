@@ -29,6 +29,7 @@ pub fn build_deployment(
     config_map: &ConfigMap,
 ) -> Deployment {
     let component = Component::Logic;
+    let liveness = common::http_probe("/healthz", "http", LIVENESS_PERIOD_SECONDS);
     let container = Container {
         name: names::program(component).into(),
         image: Some(spec.logic.image.clone()),
@@ -58,13 +59,9 @@ pub fn build_deployment(
         // the pod mid-build (which leaves the build to start over).
         startup_probe: Some(Probe {
             failure_threshold: Some(LOGIC_START_SECONDS / LIVENESS_PERIOD_SECONDS),
-            ..common::http_probe("/healthz", "http", LIVENESS_PERIOD_SECONDS)
+            ..liveness.clone()
         }),
-        liveness_probe: Some(common::http_probe(
-            "/healthz",
-            "http",
-            LIVENESS_PERIOD_SECONDS,
-        )),
+        liveness_probe: Some(liveness),
         readiness_probe: Some(common::http_probe("/readyz", "http", 5)),
         resources: spec.logic.resources.clone(),
         security_context: Some(common::container_security_context()),
